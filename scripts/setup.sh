@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# bitforge setup: installs only what is missing, says what it does, and fails naming what it could not install.
+#
+#   scripts/setup.sh            # Debian packages + the cached Python environment with LibTorch (torch 2.11.0)
+#
+# Idempotent. The Python environment lives outside the clone (default ~/.cache/bitforge/venv, override with
+# BITFORGE_VENV) so that a fresh clone or a CI run does not download gigabytes again.
+# Prints nothing but progress; the caller sources scripts/env.sh afterwards to get BITFORGE_PYTHON.
+set -euo pipefail
+
+TORCH_VERSION="2.11.0"
+VENV="${BITFORGE_VENV:-$HOME/.cache/bitforge/venv}"
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- Debian packages ------------------------------------------------------------------------------------
+# Package → a file it installs (checked instead of dpkg state so a hand-installed copy also counts).
+declare -A DEBS=(
+  [cmake]=/usr/bin/cmake
+  [ninja-build]=/usr/bin/ninja
+  [g++]=/usr/bin/g++
+  [libyaml-cpp-dev]=/usr/include/yaml-cpp/yaml.h
+  [libspdlog-dev]=/usr/include/spdlog/spdlog.h
+  [libfmt-dev]=/usr/include/fmt/format.h
+  [libgtest-dev]=/usr/include/gtest/gtest.h
+  [libgmock-dev]=/usr/include/gmock/gmock.h
+  [libbenchmark-dev]=/usr/include/benchmark/benchmark.h
+  [libcli11-dev]=/usr/include/CLI/CLI.hpp
+  [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
+  [libsentencepiece-dev]=/usr/include/sentencepiece_processor.h
+  [python3.11-doc]=/usr/share/doc/python3.11/html/_sources/contents.rst.txt
+  [gnuplot-nox]=/usr/bin/gnuplot
+  [ccache]=/usr/bin/ccache
+)
+missing=()
+for pkg in "${!DEBS[@]}"; do
+  [ -e "${DEBS[$pkg]}" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq || die "apt-get update failed"
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/bitforge-apt.log 2>&1; then
+    tail -20 /tmp/bitforge-apt.log >&2
+    die "could not install Debian packages: ${missing[*]} (log: /tmp/bitforge-apt.log)"
+  fi
+  for pkg in "${missing[@]}"; do
+    [ -e "${DEBS[$pkg]}" ] || die "package $pkg installed but ${DEBS[$pkg]} is still missing"
+  done
+else
+  say "Debian packages: all present"
+fi
+
+# --- Python environment with LibTorch -------------------------------------------------------------------
+PY_SYS="$(command -v python3 || true)"
+[ -n "$PY_SYS" ] || die "python3 not found; install python3"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating Python environment at $VENV"
+  mkdir -p "$(dirname "$VENV")"
+fi
+have_torch="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)"
+if [ "$have_torch" != "$TORCH_VERSION" ]; then
+  say "installing torch==$TORCH_VERSION into $VENV (PyPI; several GB the first time, cached afterwards)"
+  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" numpy safetensors || die "pip install torch==$TORCH_VERSION failed"
+else
+  say "torch $have_torch: present in $VENV"
+fi
+# Small extras used by test fixtures (reference implementations written with PyPI libraries).
+if ! "$VENV/bin/python" -c 'import safetensors, numpy' 2>/dev/null; then
+  say "installing numpy, safetensors into $VENV"
+  "$VENV/bin/pip" install -q numpy safetensors || die "pip install numpy safetensors failed"
+fi
+
+# --- CUDA toolkit (optional: the build compiles CUDA sources when nvcc is found) -----------------------
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+  nvcc_ver="$("$NVCC" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')"
+  torch_cuda="$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")')"
+  say "nvcc $nvcc_ver, torch built with CUDA ${torch_cuda:-none}"
+else
+  say "nvcc not found: CUDA kernels will not be compiled (BITFORGE_CUDA=AUTO)"
+fi
+say "done"
