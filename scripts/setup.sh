@@ -63,14 +63,14 @@ fi
 have_torch="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)"
 if [ "$have_torch" != "$TORCH_VERSION" ]; then
   say "installing torch==$TORCH_VERSION into $VENV (PyPI; several GB the first time, cached afterwards)"
-  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" numpy safetensors || die "pip install torch==$TORCH_VERSION failed"
+  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" numpy safetensors transformers || die "pip install torch==$TORCH_VERSION failed"
 else
   say "torch $have_torch: present in $VENV"
 fi
 # Small extras used by test fixtures (reference implementations written with PyPI libraries).
-if ! "$VENV/bin/python" -c 'import safetensors, numpy' 2>/dev/null; then
-  say "installing numpy, safetensors into $VENV"
-  "$VENV/bin/pip" install -q numpy safetensors || die "pip install numpy safetensors failed"
+if ! "$VENV/bin/python" -c 'import safetensors, numpy, transformers' 2>/dev/null; then
+  say "installing numpy, safetensors, transformers into $VENV"
+  "$VENV/bin/pip" install -q numpy safetensors transformers || die "pip install numpy safetensors transformers failed"
 fi
 
 # --- CUDA toolkit (optional: the build compiles CUDA sources when nvcc is found) -----------------------

@@ -1,0 +1,219 @@
+// bitforge configuration: the one schema. Plain structs with defaults; trainer/config.cpp maps YAML onto them
+// (strict: unknown keys, wrong types, out-of-range values and contradictions are errors naming file:line and
+// the key path). Names follow Hugging Face TrainingArguments where one exists.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bitforge {
+
+/// Thrown for any invalid configuration: message names the file (or `--set`), line, key path and what was
+/// expected, e.g. `configs/x.yaml:12: train.learnig_rate: unknown key (did you mean 'learning_rate'?)`.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// model: the decoder's shape (hparams). Llama/Qwen3 family.
+// ----------------------------------------------------------------------------------------------------------
+enum class MlpActivation { swiglu, relu2 };  // relu2 = squared ReLU (BitNet b1.58 2B4T)
+
+struct ModelConfig {
+  std::string arch = "llama";            ///< llama | qwen3 (qwen3 = per-head RMSNorm on q and k)
+  int64_t vocab_size = 0;                ///< 0 = take it from the tokenizer
+  int64_t hidden_size = 256;             ///< d_model
+  int64_t intermediate_size = 768;       ///< MLP width
+  int64_t num_hidden_layers = 4;
+  int64_t num_attention_heads = 4;
+  int64_t num_key_value_heads = 4;       ///< GQA: must divide num_attention_heads
+  int64_t head_dim = 0;                  ///< 0 = hidden_size / num_attention_heads
+  int64_t max_position_embeddings = 256; ///< context length
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-6;
+  bool tie_word_embeddings = true;
+  MlpActivation hidden_act = MlpActivation::swiglu;
+  bool subln = false;                    ///< extra RMSNorm before o_proj and down_proj (BitNet 2B4T / BitDistill)
+  bool attention_bias = false;
+
+  int64_t resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// quant: what BitLinear does (trainer/bitlinear.h). `weight: none` gives the full-precision model.
+// ----------------------------------------------------------------------------------------------------------
+enum class WeightQuantizer { none, binary, ternary };
+enum class ScaleGranularity { tensor, channel, group };
+enum class ScaleMode { learned, absmean };
+enum class SteKind { identity, clipped, approx_sign, tanh };
+enum class ActivationQuant { none, int8, int4 };
+enum class AnchorSelection { magnitude, saliency };
+
+struct QuantConfig {
+  WeightQuantizer weight = WeightQuantizer::binary;
+  bool mean_center = false;                       ///< BitNet b1: sign(W - mean(W))
+  ScaleGranularity granularity = ScaleGranularity::group;
+  int64_t group_size = 128;                       ///< along in_features; 128 = GGUF Q1_0 block
+  ScaleMode scale_mode = ScaleMode::learned;
+  bool lsq_grad_scale = false;                    ///< multiply scale grad by 1/sqrt(N*Qp) (LSQ, Esser et al. 2019)
+  SteKind ste = SteKind::identity;
+  double ste_clip = 1.0;                          ///< clipped STE passes where |w| <= ste_clip * alpha
+  ActivationQuant activations = ActivationQuant::none;
+  bool input_norm = false;                        ///< RMSNorm inside BitLinear before activation quantization
+  double anchor_fraction = 0.001;                 ///< fraction of each layer's weights kept full precision
+  AnchorSelection anchor_selection = AnchorSelection::magnitude;
+  int64_t anchor_update_steps = 100;              ///< re-select anchors every N steps ...
+  int64_t anchor_freeze_step = 1000;              ///< ... until this step, then keep them fixed
+  int64_t warmup_lambda_steps = 0;                ///< λ = min(step / N, 1); 0 = fully quantized from step 0
+  /// Which projections are BitLinear: any of attention, mlp, lm_head, embedding.
+  std::vector<std::string> layers = {"attention", "mlp"};
+
+  bool enabled() const { return weight != WeightQuantizer::none; }
+  bool quantizes(const std::string& part) const;
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// data
+// ----------------------------------------------------------------------------------------------------------
+enum class CorpusFormat { text_dir, jsonl, text_file };
+enum class TokenizerKind { sentencepiece_bpe, sentencepiece_unigram, byte };
+
+struct DataConfig {
+  CorpusFormat format = CorpusFormat::text_dir;
+  std::string path = "/usr/share/doc/python3.11/html/_sources";
+  std::string glob = "**/*.rst.txt";   ///< for text_dir
+  std::string text_field = "text";     ///< for jsonl
+  TokenizerKind tokenizer = TokenizerKind::sentencepiece_bpe;
+  int64_t vocab_size = 4096;           ///< SentencePiece vocabulary (byte: fixed 256 + specials)
+  double val_fraction = 0.05;          ///< fraction of documents held out, split by document
+  int64_t max_documents = 0;           ///< 0 = all
+  std::string output_dir = "";         ///< "" = <run_dir>/data
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// train (HF TrainingArguments names)
+// ----------------------------------------------------------------------------------------------------------
+enum class LrScheduler { cosine, linear, constant, two_stage };
+enum class NonFinitePolicy { stop, skip };
+
+struct TrainConfig {
+  int64_t max_steps = 200;
+  int64_t per_device_train_batch_size = 8;
+  int64_t seq_len = 128;
+  int64_t gradient_accumulation_steps = 1;
+  double learning_rate = 1e-3;
+  double min_lr_ratio = 0.1;           ///< final LR as a fraction of the peak (cosine/linear)
+  LrScheduler lr_scheduler = LrScheduler::cosine;
+  int64_t warmup_steps = 20;
+  double weight_decay = 0.1;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.95;
+  double adam_epsilon = 1e-8;
+  double max_grad_norm = 1.0;          ///< 0 = no clipping
+  uint64_t seed = 1234;
+  bool bf16 = true;                    ///< bf16 autocast on CUDA (ignored on CPU)
+  std::string device = "auto";         ///< auto | cpu | cuda
+  int64_t threads = 0;                 ///< CPU threads, 0 = all cores
+  int64_t logging_steps = 10;
+  int64_t eval_steps = 100;
+  int64_t eval_batches = 8;
+  int64_t save_steps = 100;            ///< 0 = only at the end
+  int64_t save_total_limit = 2;        ///< keep the last k checkpoints
+  std::string resume_from_checkpoint;  ///< "" | auto | PATH
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// distill (research.md §2 conventions)
+// ----------------------------------------------------------------------------------------------------------
+enum class KdLoss { forward_kl, reverse_kl, jsd };
+enum class HiddenLoss { mse, cosine };
+enum class StudentInit { teacher, scratch };
+
+struct DistillConfig {
+  std::string teacher;                 ///< bitforge checkpoint dir or HF directory; "" = the run's teacher stage
+  StudentInit student_init = StudentInit::teacher;
+  double alpha_ce = 1.0;               ///< weight of CE on labels
+  double alpha_kd = 1.0;               ///< weight of logit distillation (already multiplied by T^2)
+  KdLoss kd_loss = KdLoss::forward_kl;
+  double temperature = 2.0;
+  double beta = 0.5;                   ///< generalized JSD mixing (0 = forward KL, 1 = reverse KL)
+  double alpha_hidden = 0.0;
+  HiddenLoss hidden_loss = HiddenLoss::mse;
+  std::vector<int64_t> hidden_layers;  ///< layers whose hidden states are matched
+  double alpha_attn = 0.0;             ///< MiniLM-v2 attention relations (BitDistill gamma)
+  int64_t attn_layer = -1;             ///< -1 = last layer
+  int64_t attn_relation_heads = 0;     ///< 0 = model's heads
+  int64_t calibration_batches = 4;     ///< saliency anchors from teacher activations
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// export / eval / logging / run
+// ----------------------------------------------------------------------------------------------------------
+enum class GgufTernaryType { tq2_0, tq1_0, q2_0 };
+
+struct ExportConfig {
+  bool packed = true;                  ///< native packed .safetensors
+  bool gguf = true;
+  GgufTernaryType gguf_ternary = GgufTernaryType::tq2_0;
+  std::string dtype = "bf16";          ///< unquantized tensors: bf16 | fp16 | fp32
+};
+
+struct EvalConfig {
+  int64_t max_batches = 32;
+  int64_t batch_size = 8;
+  int64_t seq_len = 128;
+};
+
+struct LoggingConfig {
+  std::string level = "info";          ///< trace | debug | info | warn | error
+  bool json_metrics = true;            ///< metrics.jsonl in the run directory
+  bool plot = true;                    ///< loss-curve PNG via gnuplot at the end
+};
+
+/// Stages `bitforge run` executes in order.
+struct RunConfig {
+  std::string name = "default";
+  std::string output_dir = "runs";     ///< run directory = <output_dir>/<name>
+  std::vector<std::string> stages = {"prepare-data", "teacher", "distill", "export", "eval"};
+  int64_t teacher_max_steps = 0;       ///< 0 = train.max_steps
+};
+
+struct Config {
+  ModelConfig model;
+  QuantConfig quant;
+  DataConfig data;
+  TrainConfig train;
+  DistillConfig distill;
+  ExportConfig export_;  ///< YAML key `export`
+  EvalConfig eval;
+  LoggingConfig logging;
+  RunConfig run;
+};
+
+/// Loads a YAML config file, applies `--set section.key=value` overrides (same validation), validates the
+/// whole. Throws ConfigError (file:line, key path, expected form) on any problem; never crashes on garbage.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// Parses YAML text (`source` names it in errors). Empty text gives the defaults.
+Config parse_config(const std::string& yaml_text, const std::string& source,
+                    const std::vector<std::string>& overrides = {});
+
+/// Applies one `section.key=value` override to a config. Throws ConfigError.
+void apply_override(Config& cfg, const std::string& assignment);
+
+/// Cross-field checks (GQA divisibility, group size, contradictory pairs). Throws ConfigError.
+void validate(const Config& cfg, const std::string& source);
+
+/// The effective config as YAML; `parse_config(to_yaml(c))` gives back `c`.
+std::string to_yaml(const Config& cfg);
+
+/// Writes the effective config atomically (temp file + rename).
+void save_config(const Config& cfg, const std::string& path);
+
+}  // namespace bitforge
