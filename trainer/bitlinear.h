@@ -67,10 +67,14 @@ class BitLinearImpl : public torch::nn::Module {
   torch::Tensor norm_weight;   ///< parameter [in] when quant.input_norm, else undefined
 
  private:
+  torch::Tensor center_() const;  ///< per-group mean for mean-centering (detached), or undefined
+  torch::Tensor alpha_() const;   ///< α used by the forward: learned parameter or absmean, fp16-rounded (STE)
+
   int64_t in_features_, out_features_;
   QuantConfig quant_;
   double lambda_ = 1.0;
   torch::Tensor act_sq_sum_;  ///< [in] accumulated ‖x_j‖² for saliency
+  bool saw_activations_ = false;
 };
 TORCH_MODULE(BitLinear);
 

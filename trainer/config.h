@@ -61,10 +61,12 @@ struct QuantConfig {
   int64_t group_size = 128;                       ///< along in_features; 128 = GGUF Q1_0 block
   ScaleMode scale_mode = ScaleMode::learned;
   bool lsq_grad_scale = false;                    ///< multiply scale grad by 1/sqrt(N*Qp) (LSQ, Esser et al. 2019)
+  bool fp16_scales = true;                        ///< round α to fp16 in the forward (STE) so export is lossless
   SteKind ste = SteKind::identity;
   double ste_clip = 1.0;                          ///< clipped STE passes where |w| <= ste_clip * alpha
   ActivationQuant activations = ActivationQuant::none;
   bool input_norm = false;                        ///< RMSNorm inside BitLinear before activation quantization
+  double norm_eps = 1e-6;                         ///< epsilon of that RMSNorm
   double anchor_fraction = 0.001;                 ///< fraction of each layer's weights kept full precision
   AnchorSelection anchor_selection = AnchorSelection::magnitude;
   int64_t anchor_update_steps = 100;              ///< re-select anchors every N steps ...

@@ -1,1 +1,129 @@
-int main(){return 0;}
+// bitforge: train, distill, export and run 1-bit language models. Command-line front end (CLI11).
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "trainer/commands.h"
+#include "trainer/logging.h"
+
+namespace {
+
+struct Common {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  std::string log_level;
+};
+
+void add_common(CLI::App* sub, Common& c, bool config_positional = false) {
+  if (config_positional)
+    sub->add_option("config", c.config_path, "YAML config file (same as --config)")->check(CLI::ExistingFile);
+  sub->add_option("-c,--config", c.config_path, "YAML config file (defaults apply to keys it leaves out)");
+  sub->add_option("-s,--set", c.overrides, "Override a config key: --set section.key=value (repeatable)")
+      ->allow_extra_args(false)
+      ->take_all();
+  sub->add_option("--log-level", c.log_level, "trace | debug | info | warn | error (default: logging.level)");
+}
+
+bitforge::CommandContext make_context(const Common& c) {
+  bitforge::CommandContext ctx;
+  ctx.config_path = c.config_path;
+  ctx.config = c.config_path.empty() ? bitforge::parse_config("", "(defaults)", c.overrides)
+                                     : bitforge::load_config(c.config_path, c.overrides);
+  bitforge::set_log_level(c.log_level.empty() ? ctx.config.logging.level : c.log_level);
+  ctx.run_dir = (std::filesystem::path(ctx.config.run.output_dir) / ctx.config.run.name).string();
+  return ctx;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bitforge: quantization-aware training, distillation and deployment of 1-bit language models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "bitforge 0.1.0");
+  Common common;
+
+  auto* run = app.add_subcommand("run", "Run the pipeline a config names (prepare-data → teacher → distill → export "
+                                        "→ eval), each stage in the run directory");
+  add_common(run, common, true);
+
+  auto* prep = app.add_subcommand("prepare-data", "Corpus → tokenizer → train/val token shards");
+  add_common(prep, common);
+
+  auto* train = app.add_subcommand("train", "Train a model (QAT when quant.weight is binary/ternary, full precision "
+                                            "when none)");
+  add_common(train, common);
+
+  auto* distill = app.add_subcommand("distill", "Distill a 1-bit student from a teacher (bitforge or Hugging Face "
+                                                "checkpoint, distill.teacher)");
+  add_common(distill, common);
+
+  std::string checkpoint, output;
+  auto* exp = app.add_subcommand("export", "Checkpoint → packed native .safetensors and/or GGUF");
+  add_common(exp, common);
+  exp->add_option("--checkpoint", checkpoint, "checkpoint directory (default: the run's latest student)");
+  exp->add_option("-o,--output", output, "output directory (default: <run_dir>/export)");
+
+  std::string model_path, reference;
+  bool json = false;
+  auto* ev = app.add_subcommand("eval", "Perplexity of a checkpoint or packed file; KL and top-1 agreement against "
+                                        "a reference model");
+  add_common(ev, common);
+  ev->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")->required();
+  ev->add_option("--reference", reference, "reference model for KL / top-1 agreement");
+  ev->add_flag("--json", json, "print the result as JSON");
+
+  std::string prompt;
+  int64_t max_new = 64, top_k = 0;
+  double temperature = 0.0, top_p = 1.0;
+  uint64_t seed = 0;
+  auto* gen = app.add_subcommand("generate", "Generate text from a checkpoint or packed file (KV cache)");
+  add_common(gen, common);
+  gen->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")->required();
+  gen->add_option("-p,--prompt", prompt, "prompt text")->required();
+  gen->add_option("-n,--max-new-tokens", max_new, "tokens to generate")->check(CLI::Range(1, 1 << 20));
+  gen->add_option("--temperature", temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
+  gen->add_option("--top-k", top_k, "0 = off")->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-p", top_p, "nucleus sampling, 1 = off")->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--seed", seed, "sampling seed");
+
+  std::string inspect_path;
+  auto* insp = app.add_subcommand("inspect", "What a checkpoint / packed / GGUF file holds: tensors, types, bits per "
+                                             "weight, sizes");
+  insp->add_option("path", inspect_path, "file or checkpoint directory")->required();
+  insp->add_flag("--json", json, "print as JSON");
+  insp->add_option("--log-level", common.log_level, "log level");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (insp->parsed()) {
+      bitforge::set_log_level(common.log_level.empty() ? "info" : common.log_level);
+      return bitforge::cmd_inspect(inspect_path, json);
+    }
+    auto ctx = make_context(common);
+    if (run->parsed()) return bitforge::cmd_run(ctx);
+    if (prep->parsed()) return bitforge::cmd_prepare_data(ctx);
+    if (train->parsed()) return bitforge::cmd_train(ctx);
+    if (distill->parsed()) return bitforge::cmd_distill(ctx);
+    if (exp->parsed()) return bitforge::cmd_export(ctx, checkpoint, output);
+    if (ev->parsed()) return bitforge::cmd_eval(ctx, model_path, reference, json);
+    if (gen->parsed())
+      return bitforge::cmd_generate(ctx, model_path, prompt, max_new, temperature, top_k, top_p, seed);
+  } catch (const bitforge::ConfigError& e) {
+    spdlog::error("config error: {}", e.what());
+    return 2;
+  } catch (const bitforge::NotImplemented& e) {
+    spdlog::error("not implemented yet: {}", e.what());
+    return 3;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}
