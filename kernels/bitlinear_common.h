@@ -19,7 +19,8 @@ namespace bitforge::ops::detail {
 BF_HD float quantize_code(float u, int64_t quantizer) {
   if (quantizer == 1) return u >= 0.f ? 1.f : -1.f;
   const float r = nearbyintf(u);  // default rounding mode: half to even, like torch.round
-  return r > 1.f ? 1.f : (r < -1.f ? -1.f : r);
+  // + 0.f turns a -0 code (u in (-0.5, 0)) into +0 so W_eff holds +0, as the packed format's unpack does.
+  return r > 1.f ? 1.f : (r < -1.f ? -1.f : r + 0.f);
 }
 
 /// STE surrogate derivative dQ/du as documented in bitlinear_ops.h.

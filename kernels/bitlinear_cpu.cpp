@@ -123,7 +123,7 @@ at::Tensor quantize_weight_cpu(const at::Tensor& weight, const at::Tensor& scale
 template <int64_t Q, int64_t S>
 void backward_rows(const float* g, const float* w, const float* scale, const float* center, int64_t sr, int64_t sc,
                    int64_t out, int64_t in, const int64_t* ab, const int64_t* ae, float clip, float lambda,
-                   float* gw, float* gs_partial /* [out, sc] */) {
+                   float keep, float* gw, float* gs_partial /* [out, sc] */) {
   const int64_t gsz = in / sc;
   at::parallel_for(0, out, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -142,7 +142,7 @@ void backward_rows(const float* g, const float* w, const float* scale, const flo
             for (int64_t c = c0; c < c1; ++c) {
               const float u = (wr[c] - mu) / a;
               const float code = quantize_code(u, Q);
-              gwr[c] = gr[c] * (lambda * ste_grad(u, S, clip) + (1.f - lambda));
+              gwr[c] = gr[c] * (lambda * ste_grad(u, S, clip) + keep);
               acc += gr[c] * lsq_scale_grad(u, code, Q);
             }
             gsr[grp] += acc;
@@ -155,12 +155,12 @@ void backward_rows(const float* g, const float* w, const float* scale, const flo
 template <int64_t Q>
 void backward_dispatch_ste(int64_t ste, const float* g, const float* w, const float* s, const float* mu, int64_t sr,
                            int64_t sc, int64_t out, int64_t in, const int64_t* ab, const int64_t* ae, float clip,
-                           float lambda, float* gw, float* gsp) {
+                           float lambda, float keep, float* gw, float* gsp) {
   switch (ste) {
-    case 0: backward_rows<Q, 0>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, gw, gsp); break;
-    case 1: backward_rows<Q, 1>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, gw, gsp); break;
-    case 2: backward_rows<Q, 2>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, gw, gsp); break;
-    case 3: backward_rows<Q, 3>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, gw, gsp); break;
+    case 0: backward_rows<Q, 0>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, keep, gw, gsp); break;
+    case 1: backward_rows<Q, 1>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, keep, gw, gsp); break;
+    case 2: backward_rows<Q, 2>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, keep, gw, gsp); break;
+    case 3: backward_rows<Q, 3>(g, w, s, mu, sr, sc, out, in, ab, ae, clip, lambda, keep, gw, gsp); break;
     default: TORCH_CHECK(false, "bitforge: unknown STE kind ", ste, " (0 identity, 1 clipped, 2 approx_sign, 3 tanh)");
   }
 }
@@ -189,6 +189,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_backward_cpu(
     constexpr int64_t Q = decltype(qtag)::value;
     backward_dispatch_ste<Q>(ste, g.data_ptr<float>(), w.data_ptr<float>(), s.data_ptr<float>(), cp, sr, sc, out,
                              in, ab, ab + a.numel(), static_cast<float>(ste_clip), static_cast<float>(lambda),
+                             static_cast<float>(1.0 - lambda),  // rounded once, as a double scalar would be
                              gw.data_ptr<float>(), gsp.data_ptr<float>());
   };
   if (quantizer == 1)

@@ -21,7 +21,7 @@ at::Tensor normalized(const at::Tensor& w, const at::Tensor& scale, const at::Te
 }
 at::Tensor code_of(const at::Tensor& u, int64_t quantizer) {
   if (quantizer == 1) return at::where(u >= 0, at::ones_like(u), -at::ones_like(u));
-  return at::clamp(at::round(u), -1, 1);
+  return at::clamp(at::round(u), -1, 1) + 0.0;  // -0 → +0, as the kernel and the packed format do
 }
 }  // namespace
 

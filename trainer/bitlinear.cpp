@@ -17,8 +17,8 @@ struct WeightQuantFunction : public torch::autograd::Function<WeightQuantFunctio
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& weight, const torch::Tensor& scale,
                                const torch::Tensor& center, const torch::Tensor& anchors, int64_t quantizer,
                                int64_t ste, double clip, double lambda, double scale_grad_factor) {
-    c10::optional<torch::Tensor> mu;
-    if (center.defined()) mu = center;
+    c10::optional<torch::Tensor> mu;  // an empty tensor stands for "no centering" (autograd needs defined inputs)
+    if (center.numel() > 0) mu = center;
     auto y = ops::bitlinear_quantize_weight(weight, scale, mu, anchors, quantizer, lambda);
     ctx->save_for_backward({weight, scale, center, anchors});
     ctx->saved_data["quantizer"] = quantizer;
@@ -32,7 +32,7 @@ struct WeightQuantFunction : public torch::autograd::Function<WeightQuantFunctio
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto saved = ctx->get_saved_variables();
     c10::optional<torch::Tensor> mu;
-    if (saved[2].defined()) mu = saved[2];
+    if (saved[2].numel() > 0) mu = saved[2];
     auto [gw, gs] = ops::bitlinear_quantize_weight_backward(
         grads[0].to(torch::kFloat).contiguous(), saved[0], saved[1], mu, saved[3],
         ctx->saved_data["quantizer"].toInt(), ctx->saved_data["ste"].toInt(), ctx->saved_data["clip"].toDouble(),
@@ -141,7 +141,9 @@ torch::Tensor BitLinearImpl::effective_weight() const {
   const int64_t N = weight.numel() / scale.numel();
   const double factor = quant_.lsq_grad_scale ? 1.0 / std::sqrt(static_cast<double>(N) * 1.0) : 1.0;
   const int64_t ste = static_cast<int64_t>(quant_.ste);
-  return WeightQuantFunction::apply(weight, alpha_(), center_(), anchor_index, quantizer_id(quant_.weight), ste,
+  auto center = center_();
+  if (!center.defined()) center = torch::empty({0}, weight.options());
+  return WeightQuantFunction::apply(weight, alpha_(), center, anchor_index, quantizer_id(quant_.weight), ste,
                                     quant_.ste_clip, lambda_, factor);
 }
 
@@ -186,16 +188,16 @@ void BitLinearImpl::select_anchors() {
   if (!quant_.enabled()) return;
   torch::NoGradGuard ng;
   const int64_t n = static_cast<int64_t>(std::llround(quant_.anchor_fraction * static_cast<double>(weight.numel())));
-  if (n == 0) {
-    anchor_index = torch::empty({0}, torch::TensorOptions().dtype(torch::kLong).device(weight.device()));
-  } else {
+  torch::Tensor idx = torch::empty({0}, torch::TensorOptions().dtype(torch::kLong).device(weight.device()));
+  if (n > 0) {
     torch::Tensor score = weight.detach().abs();
     if (quant_.anchor_selection == AnchorSelection::saliency && saw_activations_)
       score = score * act_sq_sum_.to(score.device()).sqrt().unsqueeze(0);  // |w_ij|·‖x_j‖₂ (AWQ/PB-LLM)
-    auto idx = std::get<1>(score.flatten().topk(n, /*dim=*/0, /*largest=*/true, /*sorted=*/false));
-    anchor_index = std::get<0>(idx.sort());
+    idx = std::get<0>(std::get<1>(score.flatten().topk(n, /*dim=*/0, /*largest=*/true, /*sorted=*/false)).sort());
   }
-  register_buffer("anchor_index", anchor_index);  // re-register: the size may change
+  // In place, so the registered buffer (checkpoints, .to(device)) is the same tensor.
+  anchor_index.resize_({idx.numel()});
+  anchor_index.copy_(idx);
 }
 
 void BitLinearImpl::on_step(int64_t step) {

@@ -1,0 +1,70 @@
+// prepare_data: corpus -> train/val split by document -> tokenizer (trained on the train split) -> token shards.
+//
+// Writes into output_dir:
+//   tokenizer.model  (SentencePiece ModelProto)  or  tokenizer.bin (byte tokenizer)  — load with load_tokenizer()
+//   train.bin, val.bin  — token shards (data/shard.h), documents framed as bos … eos
+//   meta.json  — {"format_version", "options", "corpus", "tokenizer", "train", "val", "unigram_perplexity_val",
+//                 "seconds"}: document/token counts per split, vocab size, tokenizer kind/file/fingerprint, seed.
+// The split is deterministic from `seed`: documents are permuted with SplitMix64(seed) and the first
+// round(val_fraction × D) (at least 1 when val_fraction > 0, at most D - 1) go to val; each split keeps corpus order.
+// When output_dir already holds a meta.json with identical "options" and all its files, nothing is redone
+// (unless `force`).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "data/corpus.h"
+#include "data/error.h"
+#include "data/tokenizer.h"
+
+namespace bitforge::data {
+
+enum class TokenizerKind { sentencepiece_bpe, sentencepiece_unigram, byte };
+
+// "sentencepiece_bpe" | "sentencepiece_unigram" | "byte" <-> TokenizerKind; throws DataError naming the choices.
+TokenizerKind tokenizer_kind_from_string(std::string_view name);
+std::string to_string(TokenizerKind kind);
+
+struct PrepareDataOptions {
+  CorpusFormat corpus_format = CorpusFormat::text_dir;
+  std::string corpus_path = kDefaultCorpusDir;
+  std::string glob = kDefaultCorpusGlob;  // text_dir
+  std::string text_field = "text";        // jsonl
+  std::size_t max_documents = 0;          // 0 = all
+  TokenizerKind tokenizer = TokenizerKind::sentencepiece_bpe;
+  int32_t vocab_size = 8000;   // SentencePiece only (the byte tokenizer has 258)
+  double val_fraction = 0.05;  // of documents, in [0, 1)
+  uint64_t seed = 1234;        // split and SentencePiece sampling
+  std::string output_dir = "prepared";
+  int32_t num_threads = 2;               // SentencePiece training and encoding
+  int64_t input_sentence_size = 200000;  // SentencePiece training sentence cap
+  bool force = false;                    // redo even when meta.json matches
+};
+
+struct PreparedData {
+  std::string dir;
+  std::string tokenizer_path, train_path, val_path, meta_path;
+  nlohmann::json meta;  // contents of meta.json
+  bool reused = false;  // true when prepare_data found the outputs up to date
+};
+
+// The options as they are recorded under meta.json "options" (and compared for reuse).
+nlohmann::json prepare_options_json(const PrepareDataOptions& options);
+
+// Train/val split: indices of the documents that go to val (sorted), for D documents. Deterministic in seed.
+// Throws DataError when val_fraction is outside [0, 1) or a non-zero fraction leaves train or val empty.
+std::vector<std::size_t> split_val_documents(std::size_t num_documents, double val_fraction, uint64_t seed);
+
+// Runs the whole preparation (see top). Throws DataError from the corpus, tokenizer and shard layers, or when
+// output_dir cannot be created.
+PreparedData prepare_data(const PrepareDataOptions& options);
+
+// Reads output_dir/meta.json and the file names in it. Throws DataError when missing or malformed.
+PreparedData read_prepared_data(const std::string& dir);
+
+}  // namespace bitforge::data

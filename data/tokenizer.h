@@ -1,0 +1,118 @@
+// Tokenizers: text <-> token ids, plus the per-id vocabulary an exporter needs for GGUF
+// (`tokenizer.ggml.tokens` = piece(id), `tokenizer.ggml.scores` = score(id), `tokenizer.ggml.token_type` =
+// token_type(id)). A tokenizer serialises to bytes (`serialize()`) so it can travel inside checkpoints and packed
+// files, and is rebuilt with `tokenizer_from_bytes(kind(), bytes)` or `load_tokenizer(path)`.
+//
+// Two implementations:
+//  * SentencePiece (kind "sentencepiece"): BPE or unigram, trained on a corpus with the Debian libsentencepiece
+//    (0.1.97). Llama's conventions: unk = 0 "<unk>", bos = 1 "<s>", eos = 2 "</s>", no pad; byte_fallback (the 256
+//    pieces "<0x00>".."<0xFF>" follow the control pieces, ids 3..258), identity normalisation, whitespace kept,
+//    digits split — so decode(encode(s)) == s for every valid UTF-8 string s. The serialised form is the
+//    SentencePiece ModelProto (the usual `tokenizer.model` file).
+//  * Byte-level (kind "byte"): id b (0..255) is the byte b, bos = 256, eos = 257; no unk, no pad; vocab 258.
+//    The serialised form is a small JSON object {"kind":"byte","version":1}.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "data/corpus.h"
+#include "data/error.h"
+
+namespace bitforge::data {
+
+// GGUF / llama.cpp token types (llama_token_type / gguf-py TokenType).
+enum class TokenType : int32_t { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // "sentencepiece" or "byte"; the key for tokenizer_from_bytes.
+  virtual std::string kind() const = 0;
+
+  // UTF-8 text -> ids in [0, vocab_size()). No bos/eos are added (the shard writer adds them per document).
+  virtual std::vector<int32_t> encode(std::string_view text) const = 0;
+  // ids -> text. Control ids (bos/eos/pad) decode to nothing. Throws DataError for an id outside the vocabulary.
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+
+  virtual int32_t vocab_size() const = 0;
+  virtual int32_t bos_id() const = 0;
+  virtual int32_t eos_id() const = 0;
+  virtual int32_t unk_id() const = 0;  // -1 when the tokenizer has none (byte)
+  virtual int32_t pad_id() const = 0;  // -1 when the tokenizer has none
+
+  // Per-id vocabulary, id in [0, vocab_size()); throws DataError otherwise.
+  virtual std::string piece(int32_t id) const = 0;  // SentencePiece piece ("▁the", "<0x0A>", "<s>"), byte: "<0xAB>"
+  virtual float score(int32_t id) const = 0;        // SentencePiece score (log-prob for unigram, -rank for BPE)
+  virtual TokenType token_type(int32_t id) const = 0;
+
+  // The tokenizer as bytes (SentencePiece ModelProto, or the byte tokenizer's JSON).
+  virtual std::string serialize() const = 0;
+};
+
+// Byte-level tokenizer (layout above).
+class ByteTokenizer final : public Tokenizer {
+ public:
+  static constexpr int32_t kBos = 256;
+  static constexpr int32_t kEos = 257;
+  static constexpr int32_t kVocabSize = 258;
+
+  std::string kind() const override { return "byte"; }
+  std::vector<int32_t> encode(std::string_view text) const override;
+  std::string decode(const std::vector<int32_t>& ids) const override;
+  int32_t vocab_size() const override { return kVocabSize; }
+  int32_t bos_id() const override { return kBos; }
+  int32_t eos_id() const override { return kEos; }
+  int32_t unk_id() const override { return -1; }
+  int32_t pad_id() const override { return -1; }
+  std::string piece(int32_t id) const override;
+  float score(int32_t id) const override;
+  TokenType token_type(int32_t id) const override;
+  std::string serialize() const override;
+};
+
+enum class SentencePieceModel { bpe, unigram };
+
+struct SentencePieceTrainOptions {
+  SentencePieceModel model = SentencePieceModel::bpe;
+  int32_t vocab_size = 8000;             // including the 3 control and 256 byte pieces (so > 259)
+  uint32_t seed = 1234;                  // SentencePiece's global RNG (sentence sampling/shuffling)
+  int64_t input_sentence_size = 200000;  // cap on training sentences (lines), sampled with `seed`
+  int32_t num_threads = 2;
+  double character_coverage = 0.9995;   // rarer characters go to byte fallback
+  int32_t max_sentence_length = 16384;  // bytes; longer lines are skipped by the trainer
+  bool verbose = false;                 // SentencePiece's own INFO log lines
+};
+
+// Trains a SentencePiece model on `documents` (each non-empty line is one training sentence) and returns it loaded.
+// Deterministic for fixed documents and options. Throws DataError with SentencePiece's status message when
+// training fails (typically: vocab_size too large for the corpus, or <= 259).
+std::unique_ptr<Tokenizer> train_sentencepiece(const std::vector<Document>& documents,
+                                               const SentencePieceTrainOptions& options);
+
+// Loads a SentencePiece tokenizer from its ModelProto bytes. Throws DataError (`what` names the source).
+std::unique_ptr<Tokenizer> sentencepiece_from_bytes(const std::string& model_proto, const std::string& what = "bytes");
+
+// Rebuilds a tokenizer from kind() + serialize(). Throws DataError for an unknown kind or malformed bytes.
+std::unique_ptr<Tokenizer> tokenizer_from_bytes(std::string_view kind, const std::string& bytes);
+
+// The kind a serialised tokenizer has, from its bytes: a byte tokenizer's JSON starts with '{', anything else is
+// taken as a SentencePiece ModelProto.
+std::string detect_tokenizer_kind(const std::string& bytes);
+
+// Loads a tokenizer file written by save_tokenizer (tokenizer.model / tokenizer.bin); the kind is detected.
+// Throws DataError naming the file.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
+
+// Writes tokenizer.serialize() to `path` (via path.tmp + rename). Throws DataError naming the file.
+void save_tokenizer(const Tokenizer& tokenizer, const std::string& path);
+
+// CRC-32 (zlib) of tokenizer.serialize(): the fingerprint shards record so a model can check its tokenizer.
+uint32_t tokenizer_fingerprint(const Tokenizer& tokenizer);
+
+}  // namespace bitforge::data
