@@ -166,6 +166,7 @@ torch::Tensor BitLinearImpl::codes() const {
 torch::Tensor BitLinearImpl::forward(const torch::Tensor& input) {
   TORCH_CHECK(input.dim() >= 1 && input.size(-1) == in_features_, "BitLinear: input last dimension must be ",
               in_features_, ", got shape ", input.sizes());
+  if (calibrating_) observe_activations(input);
   auto x = input;
   if (norm_weight.defined()) {
     auto xf = x.to(torch::kFloat);
@@ -200,10 +201,14 @@ void BitLinearImpl::select_anchors() {
   anchor_index.copy_(idx);
 }
 
+void BitLinearImpl::restore_step(int64_t step) {
+  if (quant_.enabled() && quant_.warmup_lambda_steps > 0)
+    lambda_ = std::min(1.0, static_cast<double>(step) / static_cast<double>(quant_.warmup_lambda_steps));
+}
+
 void BitLinearImpl::on_step(int64_t step) {
   if (!quant_.enabled()) return;
-  if (quant_.warmup_lambda_steps > 0)
-    lambda_ = std::min(1.0, static_cast<double>(step) / static_cast<double>(quant_.warmup_lambda_steps));
+  restore_step(step);
   if (quant_.anchor_fraction > 0 && step > 0 && step < quant_.anchor_freeze_step && quant_.anchor_update_steps > 0 &&
       step % quant_.anchor_update_steps == 0)
     select_anchors();

@@ -46,8 +46,13 @@ class BitLinearImpl : public torch::nn::Module {
   void select_anchors();
   /// Accumulates ‖x_j‖₂² over calibration activations x [*, in] for saliency selection.
   void observe_activations(const torch::Tensor& x);
+  /// While on, every forward() also calls observe_activations() on its input (calibration batches).
+  void set_calibrating(bool on) { calibrating_ = on; }
   /// Called once per optimizer step; re-selects anchors on the configured schedule, sets λ.
   void on_step(int64_t step);
+  /// Restores the step-dependent state (λ) after resuming at `step`, without re-selecting anchors (their
+  /// selection is part of the checkpoint).
+  void restore_step(int64_t step);
   /// Quantization warm-up λ in [0, 1]; 1 = fully quantized.
   void set_lambda(double lambda) { lambda_ = lambda; }
   double lambda() const { return lambda_; }
@@ -75,6 +80,7 @@ class BitLinearImpl : public torch::nn::Module {
   double lambda_ = 1.0;
   torch::Tensor act_sq_sum_;  ///< [in] accumulated ‖x_j‖² for saliency
   bool saw_activations_ = false;
+  bool calibrating_ = false;
 };
 TORCH_MODULE(BitLinear);
 

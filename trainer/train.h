@@ -1,0 +1,77 @@
+// The training loop: AdamW with parameter groups, LR schedules, gradient accumulation and clipping, the
+// non-finite guard, periodic validation, atomic checkpoints with exact resume, progress lines with tokens/s
+// and ETA, metrics.jsonl and a loss-curve PNG. Used for full-precision teachers, QAT students and (with a
+// custom loss) distillation.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "trainer/config.h"
+#include "trainer/model.h"
+
+namespace bitforge {
+
+/// Thrown by the non-finite guard (train.on_nonfinite = stop): names the step and what was not finite.
+class NonFiniteError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Learning rate at optimizer step `step` (0-based) for the configured schedule:
+///   warm-up: linear from lr/warmup to lr over warmup_steps;
+///   cosine / linear: from lr down to min_lr_ratio·lr at max_steps; constant: lr;
+///   two_stage (BitNet b1.58 FAQ): cosine from lr towards min_lr_ratio·lr whose first half runs at full peak and
+///   whose second half starts at 2/3 of it (the "LR drop halfway"); weight decay is 0 in the second half.
+double lr_at(const TrainConfig& t, int64_t step);
+/// Weight decay at `step` (two_stage: 0 from the halfway point on).
+double weight_decay_at(const TrainConfig& t, int64_t step);
+
+/// Validation loss (mean token cross-entropy, nats) and perplexity = exp(loss) over the first `max_batches`
+/// sequential windows of a shard.
+struct EvalResult {
+  double loss = 0, perplexity = 0;
+  int64_t tokens = 0;
+};
+EvalResult evaluate(Transformer& model, const data::SequentialLoader& loader, int64_t max_batches,
+                    const torch::Device& device);
+
+/// Loss of one micro-batch: input [B,T] int64, labels [B,T] int64 → scalar. `parts` receives named
+/// components for logging (e.g. "ce", "kd").
+using LossFn = std::function<torch::Tensor(Transformer& model, const torch::Tensor& input, const torch::Tensor& labels,
+                                           std::map<std::string, double>& parts)>;
+
+struct TrainSpec {
+  std::string stage = "train";       ///< name in logs
+  std::string output_dir;            ///< stage directory: checkpoints/, metrics.jsonl, loss.png
+  std::string train_shard, val_shard;
+  std::shared_ptr<data::Tokenizer> tokenizer;
+  Config config;                     ///< effective config of this stage (quant.weight none = full precision)
+  LossFn loss;                       ///< default: token cross-entropy
+  std::function<void(Transformer&)> init;  ///< called on a fresh (not resumed) model, e.g. copy teacher weights
+  int64_t fail_after_steps = -1;     ///< testing: throw after this many optimizer steps (simulated kill)
+  bool inject_nan_at_step = false;   ///< testing: make the loss NaN at step `nan_step`
+  int64_t nan_step = -1;
+};
+
+struct TrainResult {
+  std::string checkpoint_dir;
+  int64_t steps = 0, tokens = 0, parameters = 0, skipped_steps = 0;
+  double final_train_loss = 0, wall_seconds = 0, tokens_per_second = 0;
+  EvalResult val;
+  std::vector<double> losses;  ///< train loss per optimizer step, from the first step this run executed
+};
+
+/// Runs (or resumes, per train.resume_from_checkpoint) a training stage. Throws NonFiniteError,
+/// CheckpointError, data::DataError.
+TrainResult train(const TrainSpec& spec);
+
+/// "cuda" when requested/available, else "cpu". Sets the CPU thread count from train.threads.
+torch::Device select_device(const TrainConfig& t);
+
+}  // namespace bitforge
