@@ -8,15 +8,22 @@
 
 namespace {
 
-void require_gpu() {
-  if (!bitforge::ops::cuda_kernels_compiled()) GTEST_SKIP() << "CUDA kernels not compiled (BITFORGE_CUDA=OFF or no nvcc)";
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device on this machine: GPU tests skipped";
+/// Why GPU tests cannot run here, or "" when they can.
+std::string gpu_unavailable() {
+  if (!bitforge::ops::cuda_kernels_compiled()) return "CUDA kernels not compiled (BITFORGE_CUDA=OFF or no nvcc)";
+  if (!torch::cuda::is_available()) return "no CUDA device on this machine: GPU tests skipped";
+  return "";
 }
+#define REQUIRE_GPU()                                        \
+  do {                                                       \
+    const std::string why_ = gpu_unavailable();              \
+    if (!why_.empty()) GTEST_SKIP() << why_;                 \
+  } while (0)
 
 }  // namespace
 
 TEST(BitLinearCuda, MatchesCpuForEverySetting) {
-  require_gpu();
+  REQUIRE_GPU();
   torch::manual_seed(0);
   const int64_t out = 96, in = 384;
   for (int64_t q : {1, 2})
@@ -51,7 +58,7 @@ TEST(BitLinearCuda, MatchesCpuForEverySetting) {
 }
 
 TEST(BitLinearCuda, ActivationQuantMatchesCpu) {
-  require_gpu();
+  REQUIRE_GPU();
   torch::manual_seed(1);
   auto x = torch::randn({37, 1000}) * 4;
   x.index_put_({5}, 0.0f);
