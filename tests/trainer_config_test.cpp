@@ -66,7 +66,7 @@ TEST(ConfigDefaults, SectionWithNoKeysKeepsDefaults) {
 
 TEST(ConfigParse, ReadsValues) {
   Config c = parse_config(R"(
-model: {hidden_size: 128, num_attention_heads: 4, num_key_value_heads: 2, arch: qwen3}
+model: {hidden_size: 128, num_attention_heads: 4, num_key_value_heads: 2, arch: qwen3, tie_word_embeddings: false}
 quant: {weight: ternary, granularity: channel, layers: [attention, mlp, lm_head]}
 train: {learning_rate: 3.0e-4, lr_scheduler: two_stage, seed: 7, resume_from_checkpoint: auto}
 distill: {kd_loss: jsd, beta: 0.3, hidden_layers: [0, 2], alpha_hidden: 1.0}
@@ -116,6 +116,9 @@ TEST(ConfigErrors, ContradictorySeqLen) {
 }
 TEST(ConfigErrors, ContradictoryActivationsWithoutWeights) {
   EXPECT_ERROR_HAS("quant: {weight: none, activations: int8}\n", "quant.activations");
+}
+TEST(ConfigErrors, ContradictoryTiedQuantizedHead) {
+  EXPECT_ERROR_HAS("quant: {layers: [attention, lm_head]}\n", "quant.layers", "tie_word_embeddings");
 }
 TEST(ConfigErrors, DuplicateKey) { EXPECT_ERROR_HAS("train:\n  seed: 1\n  seed: 2\n", "train.seed", "twice"); }
 TEST(ConfigErrors, TopLevelNotMapping) { EXPECT_ERROR_HAS("- a\n- b\n", "expected a mapping"); }

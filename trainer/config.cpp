@@ -518,6 +518,9 @@ void validate(const Config& c, const std::string& src) {
   if (q.enabled() && q.anchor_fraction > 0 && q.anchor_update_steps == 0 && q.anchor_freeze_step > 0)
     bad("quant.anchor_update_steps", "is 0 but anchor_freeze_step > 0: set anchor_freeze_step: 0 to fix anchors at "
                                      "initialisation, or a positive update interval");
+  if (q.quantizes("lm_head") && m.tie_word_embeddings && !q.quantizes("embedding"))
+    bad("quant.layers", "lm_head is listed but model.tie_word_embeddings is true: the tied head is the embedding "
+                        "table, so list 'embedding' too or untie the head");
   if (!q.enabled() && q.activations != ActivationQuant::none)
     bad("quant.activations", "activation quantization needs quantized weights (quant.weight is none)");
   if (c.data.tokenizer == TokenizerKind::byte && m.vocab_size != 0 && m.vocab_size < 259)
