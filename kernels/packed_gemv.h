@@ -14,9 +14,10 @@
 //
 // Activation modes:
 //   A16 (packed_gemv_f32): x fp32 [M, in]. Per row and group: acc_g = Σ_{c∈g} code_c · x_c in fp32, then
-//     y = Σ_g scale_g · acc_g (groups in order), then anchors. The AVX2 path sums each group in 8 lanes
-//     (lane l takes columns ≡ l mod 8 of the group, then a fixed pairwise lane reduction), the scalar path and
-//     the reference sum sequentially, so results differ by fp32 rounding only:
+//     y = Σ_g scale_g · acc_g (groups in order), then anchors. The AVX2 path sums each group in 8 lanes × U
+//     accumulators (U = 4, 2, 1 for M = 1, 2-3, ≥4 rows in flight; 8-column chunk k of a group goes to
+//     accumulator k mod U, lane l takes columns ≡ l mod 8; then a fixed reduction), the scalar path and the
+//     reference sum sequentially, so results differ by fp32 rounding only:
 //     |y − y_ref| ≤ 1e-5 · Σ_c |W_eff[r,c] · x_c| (what tests check; typically ~1e-7 relative).
 //   A8 / A4 (packed_gemv_i8): x quantized per token exactly as BitLinear's activation quantizer
 //     (kernels/bitlinear_cpu.cpp: s = Qp / max(max|x|, 1e-5), q = clamp(round_half_even(x·s), −Qp−1, Qp),
@@ -28,7 +29,7 @@
 // Threads: output rows are split into `threads` contiguous chunks run through at::parallel_for (so the real
 // parallelism is min(threads, at::get_num_threads())); each row's arithmetic does not depend on the split, so
 // any thread count gives bit-identical results. threads <= 0 means at::get_num_threads().
-// Implementations: GemvImpl::automatic picks AVX2+FMA when the CPU has them (__builtin_cpu_supports) and the
+// Implementations: GemvImpl::automatic picks AVX2+FMA+F16C when the CPU has them (__builtin_cpu_supports) and the
 // layout allows (binary: group_size % 8 == 0 or a single group; ternary: group_size % 4 == 0 or one group;
 // A8 additionally needs group_size % 32 == 0 or one group), else the scalar loop.
 // Errors: std::invalid_argument for inconsistent views (sizes, null pointers, M < 1).
@@ -62,7 +63,7 @@ struct PackedMatrixView {
 /// Throws std::invalid_argument naming what is inconsistent.
 void check_view(const PackedMatrixView& w);
 
-/// True when the running CPU has AVX2 and FMA.
+/// True when the running CPU has AVX2, FMA and F16C.
 bool cpu_has_avx2();
 
 /// A16: x fp32 [M, in] row-major, y fp32 [M, out] (overwritten).

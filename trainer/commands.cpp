@@ -5,10 +5,15 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
 #include "data/baseline.h"
+#include "export/inspect.h"
+#include "export/model_export.h"
+#include "export/runtime.h"
+#include "export/transformer_export.h"
 #include "data/prepare.h"
 #include "trainer/checkpoint.h"
 #include "trainer/distill.h"
@@ -119,6 +124,103 @@ void print_summary(const std::vector<Row>& rows, double unigram, const std::stri
   std::ofstream((fs::path(run_dir) / "summary.json").string()) << s.dump(2) << "\n";
 }
 
+bool is_packed_file(const std::string& path) {
+  return fs::is_regular_file(path) && path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
+}
+
+/// Perplexity of the packed runtime on exactly the windows evaluate() uses (same rows, same labels), and
+/// optionally KL(reference‖packed) and top-1 agreement against a reference Transformer on the same rows.
+struct PackedEval {
+  double loss = 0, perplexity = 0, kl = -1, top1 = -1;
+  int64_t tokens = 0;
+};
+PackedEval evaluate_packed(runtime::PackedRuntime& rt, const data::SequentialLoader& val, int64_t max_batches,
+                           Transformer* reference) {
+  torch::NoGradGuard ng;
+  PackedEval r;
+  double nll = 0, kl = 0, agree = 0;
+  const int64_t T = val.seq_len();
+  const int64_t n = std::min<int64_t>(val.num_batches(), max_batches);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto ids = val.batch(i);
+    for (int64_t row = 0; row < val.rows(i); ++row) {
+      std::vector<int32_t> toks(ids.begin() + row * (T + 1), ids.begin() + row * (T + 1) + T);
+      auto labels = torch::from_blob(const_cast<int32_t*>(ids.data()) + row * (T + 1) + 1, {T}, torch::kInt).to(torch::kLong);
+      rt.reset();
+      auto logits = rt.logits(toks).to(torch::kFloat);
+      auto lp = torch::log_softmax(logits.to(torch::kDouble), -1);
+      nll -= lp.gather(1, labels.unsqueeze(1)).sum().item<double>();
+      r.tokens += T;
+      if (reference) {
+        auto in = torch::tensor(std::vector<int64_t>(toks.begin(), toks.end()), torch::kLong).unsqueeze(0);
+        auto ref = (*reference)->forward(in).squeeze(0).to(torch::kFloat);
+        auto c = runtime::kl_and_top1(ref, logits);
+        kl += c.mean_kl * static_cast<double>(c.positions);
+        agree += c.top1 * static_cast<double>(c.positions);
+      }
+    }
+  }
+  r.loss = r.tokens ? nll / static_cast<double>(r.tokens) : 0;
+  r.perplexity = std::exp(r.loss);
+  if (reference && r.tokens) r.kl = kl / static_cast<double>(r.tokens), r.top1 = agree / static_cast<double>(r.tokens);
+  return r;
+}
+
+/// Exports a checkpoint (directory) to <out>/model.packed.safetensors and, when configured and possible,
+/// <out>/model.gguf; measures what the packed file and GGUF lose against the checkpoint on the val windows and
+/// writes <out>/export_report.json. Returns the packed file's path.
+std::string export_checkpoint(const CommandContext& ctx, const std::string& checkpoint, const std::string& out,
+                              const std::string& val_shard) {
+  auto lm = load_model(checkpoint);
+  fs::create_directories(out);
+  auto em = make_export_model(lm.model, lm.tokenizer.get(), to_yaml(lm.config));
+  nlohmann::json report;
+  const std::string packed = (fs::path(out) / "model.packed.safetensors").string();
+  formats::PackedExportOptions po;
+  po.dtype = ctx.config.export_.dtype == "fp32"   ? formats::Dtype::F32
+             : ctx.config.export_.dtype == "fp16" ? formats::Dtype::F16
+                                                  : formats::Dtype::BF16;
+  auto rp = formats::export_packed(em, packed, po);
+  spdlog::info("export: {} ({} bytes, {:.3f} bits/weight overall; FP16 would be {} bytes, {:.1f}x smaller)\n{}",
+               packed, rp.file_bytes, 8.0 * rp.tensor_bytes / std::max<int64_t>(1, rp.total_params), rp.fp16_bytes,
+               static_cast<double>(rp.fp16_bytes) / std::max<int64_t>(1, rp.file_bytes), rp.to_table());
+  // Measured effect: packed runtime vs the checkpoint on the same val windows.
+  data::SequentialLoader val(val_shard, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
+                             std::min<int64_t>(ctx.config.eval.max_batches, 4));
+  const torch::Device cpu(torch::kCPU);
+  auto ck = evaluate(lm.model, val, val.num_batches(), cpu);
+  auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads));
+  auto pe = evaluate_packed(*rt, val, val.num_batches(), &lm.model);
+  rp.measured = {{"checkpoint_perplexity", ck.perplexity}, {"packed_perplexity", pe.perplexity},
+                 {"relative_difference", std::abs(pe.perplexity - ck.perplexity) / ck.perplexity},
+                 {"kl_checkpoint_packed", pe.kl}, {"top1_agreement", pe.top1}, {"tokens", pe.tokens},
+                 {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
+  spdlog::info("export: packed runtime perplexity {:.4f} vs checkpoint {:.4f} (relative difference {:.2e}), KL {:.2e}, "
+               "top-1 {:.2f}%; resident weights {} bytes vs FP16 {}",
+               pe.perplexity, ck.perplexity, rp.measured["relative_difference"].get<double>(), pe.kl, 100 * pe.top1,
+               rt->resident_weight_bytes(), rt->fp16_bytes());
+  report["packed"] = rp.to_json();
+  if (ctx.config.export_.gguf) {
+    const std::string gguf = (fs::path(out) / "model.gguf").string();
+    try {
+      formats::GgufExportOptions go;
+      go.ternary = ctx.config.export_.gguf_ternary == GgufTernaryType::tq1_0  ? formats::GgufTernary::tq1_0
+                   : ctx.config.export_.gguf_ternary == GgufTernaryType::q2_0 ? formats::GgufTernary::q2_0
+                                                                              : formats::GgufTernary::tq2_0;
+      go.name = ctx.config.run.name;
+      auto rg = formats::export_gguf(em, gguf, go);
+      spdlog::info("export: {} ({} bytes){}", gguf, rg.file_bytes,
+                   rg.notes.empty() ? "" : fmt::format("; notes: {}", fmt::join(rg.notes, "; ")));
+      report["gguf"] = rg.to_json();
+    } catch (const formats::GgufExportError& e) {
+      spdlog::warn("export: no GGUF written: {}", e.what());
+      report["gguf"] = {{"error", e.what()}};
+    }
+  }
+  std::ofstream((fs::path(out) / "export_report.json").string()) << report.dump(2) << "\n";
+  return packed;
+}
+
 }  // namespace
 
 int cmd_prepare_data(CommandContext& ctx) {
@@ -182,7 +284,10 @@ int cmd_run(CommandContext& ctx) {
     rows.push_back({"student distilled", r.train.parameters, r.train.tokens, r.student.perplexity, r.kl, r.top1,
                     r.train.wall_seconds, r.train.checkpoint_dir});
   }
-  if (has("export")) spdlog::warn("stage 'export': the packed/GGUF exporter is not wired into `run` yet; skipped");
+  if (has("export") && !rows.empty()) {
+    const std::string src = rows.back().path;  // the last trained model: the distilled student when there is one
+    export_checkpoint(ctx, src, (fs::path(ctx.run_dir) / "export").string(), p.data.val_path);
+  }
   if (has("eval") && !rows.empty()) {
     // Re-evaluate every trained model from its checkpoint on the same val windows (what a user would get
     // loading the files), and compare students with the teacher when there is one.
@@ -210,11 +315,47 @@ int cmd_run(CommandContext& ctx) {
   return 0;
 }
 
-int cmd_export(CommandContext&, const std::string&, const std::string&) {
-  throw NotImplemented("bitforge export: the packed/GGUF exporter lands with the export issue");
+int cmd_export(CommandContext& ctx, const std::string& checkpoint, const std::string& output) {
+  begin_run(ctx);
+  auto p = ensure_data(ctx);
+  std::string src = checkpoint;
+  if (src.empty()) {
+    for (const char* stage : {"distill", "student"})
+      if (latest_checkpoint((fs::path(ctx.run_dir) / stage / "checkpoints").string())) {
+        src = (fs::path(ctx.run_dir) / stage / "checkpoints").string();
+        break;
+      }
+    if (src.empty()) throw std::runtime_error("export: no --checkpoint given and no student checkpoint in " + ctx.run_dir);
+  }
+  export_checkpoint(ctx, src, output.empty() ? (fs::path(ctx.run_dir) / "export").string() : output, p.data.val_path);
+  return 0;
 }
 
 int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json) {
+  if (is_packed_file(model_path)) {
+    auto rt = runtime::PackedRuntime::open(model_path, static_cast<int>(ctx.config.train.threads));
+    auto p = ensure_data(ctx);
+    if (rt->tokenizer_kind() != p.tokenizer->kind() ||
+        std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()) != p.tokenizer->serialize())
+      throw std::runtime_error("eval: the packed model's tokenizer differs from the data's tokenizer (" +
+                               p.data.tokenizer_path + ")");
+    data::SequentialLoader val(p.data.val_path, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
+                               ctx.config.eval.max_batches);
+    std::optional<LoadedModel> ref;
+    if (!reference.empty()) ref = load_model(reference);
+    auto pe = evaluate_packed(*rt, val, ctx.config.eval.max_batches, ref ? &ref->model : nullptr);
+    nlohmann::json j{{"model", model_path}, {"val_loss", pe.loss}, {"val_perplexity", pe.perplexity},
+                     {"tokens", pe.tokens}, {"unigram_val_perplexity", p.unigram_ppl},
+                     {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
+    if (ref) j["reference"] = ref->checkpoint_dir, j["kl"] = pe.kl, j["top1_agreement"] = pe.top1;
+    if (json)
+      std::printf("%s\n", j.dump(2).c_str());
+    else
+      spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens; resident weights {} bytes (FP16 {}){}",
+                   model_path, pe.loss, pe.perplexity, pe.tokens, rt->resident_weight_bytes(), rt->fp16_bytes(),
+                   ref ? fmt::format("; KL(ref‖packed) {:.2e}, top-1 {:.2f}%", pe.kl, 100 * pe.top1) : "");
+    return 0;
+  }
   auto lm = load_model(model_path);
   const torch::Device dev = select_device(ctx.config.train);
   lm.model->to(dev);
@@ -248,12 +389,47 @@ int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::stri
   return 0;
 }
 
-int cmd_generate(CommandContext&, const std::string&, const std::string&, int64_t, double, int64_t, double, uint64_t) {
-  throw NotImplemented("bitforge generate: the packed runtime lands with the export issue");
+int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::string& prompt, int64_t max_new_tokens,
+                 double temperature, int64_t top_k, double top_p, uint64_t seed) {
+  std::string packed = model_path;
+  if (!is_packed_file(model_path)) {
+    // A checkpoint runs through the same packed runtime (KV cache): export it to a temporary packed file.
+    auto lm = load_model(model_path);
+    packed = (fs::temp_directory_path() / fmt::format("bitforge-generate-{}.safetensors", ::getpid())).string();
+    formats::export_packed(make_export_model(lm.model, lm.tokenizer.get(), to_yaml(lm.config)), packed);
+  }
+  auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads));
+  if (packed != model_path) fs::remove(packed);
+  auto tok = data::tokenizer_from_bytes(rt->tokenizer_kind(),
+                                        std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()));
+  std::vector<int32_t> ids{tok->bos_id()};
+  auto enc = tok->encode(prompt);
+  ids.insert(ids.end(), enc.begin(), enc.end());
+  runtime::GenerationOptions go;
+  go.max_new_tokens = max_new_tokens;
+  go.temperature = temperature;
+  go.top_k = top_k;
+  go.top_p = top_p;
+  go.seed = seed;
+  go.eos_id = tok->eos_id();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto out = rt->generate(ids, go);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%s%s\n", prompt.c_str(), tok->decode(out).c_str());
+  spdlog::info("generate: {} tokens in {:.2f} s ({:.1f} tokens/s incl. prompt), resident weights {} bytes (FP16 {})",
+               out.size(), secs, out.size() / std::max(secs, 1e-9), rt->resident_weight_bytes(), rt->fp16_bytes());
+  return 0;
 }
 
-int cmd_inspect(const std::string&, bool) {
-  throw NotImplemented("bitforge inspect: lands with the export issue");
+int cmd_inspect(const std::string& path, bool json) {
+  std::string target = path;
+  if (fs::is_directory(path)) {
+    auto ck = fs::exists(fs::path(path) / "COMPLETE") ? std::optional<std::string>(path) : latest_checkpoint(path);
+    if (!ck) throw std::runtime_error(path + ": no checkpoint (step-*/ with COMPLETE) here");
+    target = (fs::path(*ck) / "model.safetensors").string();
+  }
+  std::printf("%s", formats::inspect_file(target, json).c_str());
+  return 0;
 }
 
 }  // namespace bitforge

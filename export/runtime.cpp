@@ -1,0 +1,480 @@
+// Packed-model CPU runtime; contract in export/runtime.h, operations mirror trainer/model.cpp.
+#include "export/runtime.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "export/ggml_quants.h"
+#include "export/model_export.h"
+#include "kernels/packed_gemv.h"
+
+namespace bitforge::runtime {
+
+using formats::FormatError;
+
+namespace {
+
+torch::Tensor to_f32(const formats::PackedTensor& t) {
+  const int64_t n = static_cast<int64_t>(t.bytes.size() / formats::dtype_size(t.dtype));
+  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
+  auto out = torch::empty(shape, torch::kFloat);
+  float* p = out.data_ptr<float>();
+  if (t.dtype == formats::Dtype::F32)
+    std::memcpy(p, t.bytes.data(), t.bytes.size());
+  else if (t.dtype == formats::Dtype::F16)
+    formats::convert_f16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data()), p, n);
+  else
+    formats::convert_bf16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data()), p, n);
+  return out;
+}
+
+kernels::PackedMatrixView view_of(const formats::PackedLayer& L) {
+  kernels::PackedMatrixView v;
+  v.quant = L.quantizer == formats::Quantizer::binary ? kernels::PackedQuant::binary : kernels::PackedQuant::ternary;
+  v.out = L.out;
+  v.in = L.in;
+  v.group_size = L.granularity == formats::Granularity::group ? L.group_size : L.in;
+  v.scale_rows = L.scale_rows();
+  v.codes = L.codes.data();
+  v.scales = L.scales.data();
+  v.anchor_index = L.anchor_index.data();
+  v.anchor_value = L.anchor_value.data();
+  v.n_anchors = static_cast<int64_t>(L.anchor_index.size());
+  return v;
+}
+
+/// One projection: packed (with activation mode and optional input norm) or dense fp32.
+struct Linear {
+  bool packed = false;
+  kernels::PackedMatrixView view;
+  int act_bits = 0;
+  torch::Tensor norm_w;  // [in] or undefined
+  double norm_eps = 1e-6;
+  torch::Tensor dense;   // [out, in]
+  torch::Tensor bias;    // [out] or undefined
+  int64_t out = 0, in = 0;
+
+  torch::Tensor forward(const torch::Tensor& input, int threads) const {
+    auto x = input;
+    if (norm_w.defined())  // BitLinear's input RMSNorm, same LibTorch ops
+      x = x * torch::rsqrt(x.pow(2).mean(-1, true) + norm_eps) * norm_w;
+    if (!packed) return at::linear(x, dense, bias);
+    x = x.contiguous();
+    const int64_t M = x.size(0);
+    auto y = torch::empty({M, out}, torch::kFloat);
+    if (act_bits) {
+      std::vector<int8_t> q(static_cast<size_t>(M * in));
+      std::vector<float> s(static_cast<size_t>(M));
+      kernels::quantize_activations_per_token(x.data_ptr<float>(), M, in, act_bits, q.data(), s.data());
+      kernels::packed_gemv_i8(view, q.data(), s.data(), M, y.data_ptr<float>(), threads);
+    } else {
+      kernels::packed_gemv_f32(view, x.data_ptr<float>(), M, y.data_ptr<float>(), threads);
+    }
+    if (bias.defined()) y.add_(bias);
+    return y;
+  }
+  int64_t resident_bytes() const {
+    int64_t b = packed ? view.packed_bytes() : dense.numel() * 4;
+    if (norm_w.defined()) b += norm_w.numel() * 4;
+    if (bias.defined()) b += bias.numel() * 4;
+    return b;
+  }
+  int64_t params() const {
+    return out * in + (norm_w.defined() ? norm_w.numel() : 0) + (bias.defined() ? bias.numel() : 0);
+  }
+};
+
+struct Layer {
+  torch::Tensor attn_norm, ffn_norm, q_norm, k_norm, attn_sub_norm, mlp_sub_norm;
+  Linear q, k, v, o, gate, up, down;
+  bool has_gate = false;
+  torch::Tensor k_cache, v_cache;  // [kv_heads, P, hd]
+};
+
+}  // namespace
+
+struct PackedRuntime::Impl {
+  formats::PackedModel model;  // owns the packed layers the views point into
+  ModelConfig cfg;
+  std::string quant_text;
+  nlohmann::json layer_meta;
+  int threads = 0;
+  torch::Tensor embed;  // [V, H] fp32 (dense embedding) or undefined
+  bool embed_packed = false;
+  kernels::PackedMatrixView embed_view;
+  std::vector<Layer> layers;
+  torch::Tensor final_norm;
+  Linear head;
+  torch::Tensor rope_cos, rope_sin;  // [P, hd]
+  int64_t pos = 0;
+  int64_t n_packed = 0;
+  int64_t dense_params = 0, dense_bytes = 0;  // embeddings/norms not inside a Linear
+
+  torch::Tensor take(const std::string& name, const std::vector<int64_t>& shape) {
+    auto it = model.tensors.find(name);
+    if (it == model.tensors.end()) throw FormatError("packed runtime: missing tensor '" + name + "'");
+    auto t = to_f32(it->second);
+    if (t.sizes().vec() != shape)
+      throw FormatError("packed runtime: tensor '" + name + "' has shape " + c10::str(t.sizes()) + ", expected " +
+                        c10::str(c10::IntArrayRef(shape)));
+    model.tensors.erase(it);  // the fp32 copy is what stays resident
+    return t;
+  }
+  torch::Tensor take_optional(const std::string& name, const std::vector<int64_t>& shape) {
+    if (!model.tensors.count(name)) return {};
+    return take(name, shape);
+  }
+  torch::Tensor norm_tensor(const std::string& name, int64_t dim) {
+    auto t = take(name, {dim});
+    dense_params += dim;
+    dense_bytes += dim * 4;
+    return t;
+  }
+
+  Linear linear(const std::string& module, int64_t out, int64_t in, bool with_bias) {
+    Linear L;
+    L.out = out;
+    L.in = in;
+    const std::string wname = module + ".weight";
+    auto it = model.layers.find(wname);
+    if (it != model.layers.end()) {
+      const auto& P = it->second;
+      if (P.out != out || P.in != in)
+        throw FormatError("packed runtime: layer '" + wname + "' is " + std::to_string(P.out) + "x" +
+                          std::to_string(P.in) + ", expected " + std::to_string(out) + "x" + std::to_string(in));
+      L.packed = true;
+      L.view = view_of(P);
+      ++n_packed;
+      if (layer_meta.contains(wname)) {
+        const auto& e = layer_meta[wname];
+        L.act_bits = e.value("activation_bits", 0);
+        if (L.act_bits != 0 && L.act_bits != 8 && L.act_bits != 4)
+          throw FormatError("packed runtime: layer '" + wname + "': activation_bits must be 0, 8 or 4");
+        if (e.value("input_norm", false)) {
+          L.norm_w = take(module + ".input_norm_weight", {in});
+          L.norm_eps = e.value("input_norm_eps", 1e-6);
+        }
+      }
+    } else {
+      L.dense = take(wname, {out, in});
+    }
+    if (with_bias) L.bias = take(module + ".bias", {out});
+    return L;
+  }
+
+  void load(const std::string& path) {
+    model = formats::read_packed(path);
+    nlohmann::json cj;
+    try {
+      cj = nlohmann::json::parse(model.config);
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(path + ": __metadata__.config is not the exporter's JSON: " + e.what());
+    }
+    if (!cj.is_object() || !cj.contains("model"))
+      throw FormatError(path + ": __metadata__.config has no 'model' object (not written by export_packed)");
+    try {
+      cfg = formats::model_config_from_json(cj["model"]);
+    } catch (const FormatError& e) {
+      throw FormatError(path + ": " + e.what());
+    }
+    quant_text = cj.value("quant", std::string());
+    layer_meta = cj.contains("layers") ? cj["layers"] : nlohmann::json::object();
+
+    const int64_t V = cfg.vocab_size, H = cfg.hidden_size, I = cfg.intermediate_size;
+    const int64_t nh = cfg.num_attention_heads, kvh = cfg.num_key_value_heads, hd = cfg.head_dim;
+    if (auto it = model.layers.find("model.embed_tokens.weight"); it != model.layers.end()) {
+      embed_packed = true;
+      embed_view = view_of(it->second);
+      if (embed_view.out != V || embed_view.in != H) throw FormatError(path + ": embedding layer shape mismatch");
+      ++n_packed;
+    } else {
+      embed = take("model.embed_tokens.weight", {V, H});
+      dense_params += V * H;
+      dense_bytes += V * H * 4;
+    }
+    for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      Layer l;
+      l.attn_norm = norm_tensor(p + "input_layernorm.weight", H);
+      l.ffn_norm = norm_tensor(p + "post_attention_layernorm.weight", H);
+      l.q = linear(p + "self_attn.q_proj", nh * hd, H, cfg.attention_bias);
+      l.k = linear(p + "self_attn.k_proj", kvh * hd, H, cfg.attention_bias);
+      l.v = linear(p + "self_attn.v_proj", kvh * hd, H, cfg.attention_bias);
+      l.o = linear(p + "self_attn.o_proj", H, nh * hd, cfg.attention_bias);
+      if (cfg.arch == "qwen3") {
+        l.q_norm = norm_tensor(p + "self_attn.q_norm.weight", hd);
+        l.k_norm = norm_tensor(p + "self_attn.k_norm.weight", hd);
+      }
+      if (cfg.subln) {
+        l.attn_sub_norm = norm_tensor(p + "self_attn.sub_norm.weight", nh * hd);
+        l.mlp_sub_norm = norm_tensor(p + "mlp.sub_norm.weight", I);
+      }
+      l.has_gate = cfg.hidden_act == MlpActivation::swiglu;
+      if (l.has_gate) l.gate = linear(p + "mlp.gate_proj", I, H, false);
+      l.up = linear(p + "mlp.up_proj", I, H, false);
+      l.down = linear(p + "mlp.down_proj", H, I, false);
+      layers.push_back(std::move(l));
+    }
+    final_norm = norm_tensor("model.norm.weight", H);
+    if (cfg.tie_word_embeddings) {
+      head.out = V;
+      head.in = H;
+      if (embed_packed) {
+        head.packed = true;  // training: torch::linear(h, effective table): float activations
+        head.view = embed_view;
+      } else {
+        head.dense = embed;
+      }
+    } else {
+      head = linear("lm_head", V, H, false);
+    }
+    if (!model.tensors.empty())
+      throw FormatError(path + ": tensor '" + model.tensors.begin()->first + "' is not used by a " + cfg.arch +
+                        " decoder with this config");
+    for (const auto& [name, L] : model.layers) {
+      (void)L;
+      if (name != "model.embed_tokens.weight" && name.find("model.layers.") != 0 && name != "lm_head.weight")
+        throw FormatError(path + ": quantized layer '" + name + "' is not part of the decoder");
+    }
+    // RoPE tables: the same LibTorch ops as TransformerImpl's constructor.
+    const int64_t half = hd / 2;
+    auto exponent = torch::arange(0, hd, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(hd);
+    auto inv_freq = 1.0 / torch::pow(cfg.rope_theta, exponent);
+    auto positions = torch::arange(cfg.max_position_embeddings, torch::kInt64).to(torch::kFloat);
+    auto freqs = torch::outer(positions, inv_freq);
+    auto emb = torch::cat({freqs, freqs}, -1);
+    rope_cos = emb.cos().contiguous();
+    auto sin = emb.sin();
+    rope_sin = torch::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1).contiguous();
+    reset();
+  }
+
+  void reset() {
+    pos = 0;
+    for (auto& l : layers) {
+      l.k_cache = torch::zeros({cfg.num_key_value_heads, cfg.max_position_embeddings, cfg.head_dim});
+      l.v_cache = torch::zeros({cfg.num_key_value_heads, cfg.max_position_embeddings, cfg.head_dim});
+    }
+  }
+
+  static torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin_signed) {
+    const int64_t half = x.size(-1) / 2;
+    auto swapped = torch::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+    return torch::addcmul(x * cos, swapped, sin_signed);
+  }
+
+  torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w) const {
+    return at::rms_norm(x, {w.size(0)}, w, cfg.rms_norm_eps);
+  }
+
+  torch::Tensor forward(const std::vector<int32_t>& tokens) {
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
+    if (T < 1) throw std::invalid_argument("packed runtime: empty token sequence");
+    if (pos + T > cfg.max_position_embeddings)
+      throw std::invalid_argument("packed runtime: position " + std::to_string(pos + T) +
+                                  " exceeds max_position_embeddings = " + std::to_string(cfg.max_position_embeddings));
+    for (int32_t t : tokens)
+      if (t < 0 || t >= V)
+        throw std::invalid_argument("packed runtime: token " + std::to_string(t) + " outside [0, " + std::to_string(V) + ")");
+    torch::NoGradGuard ng;
+    auto h = torch::empty({T, H}, torch::kFloat);
+    for (int64_t i = 0; i < T; ++i) {
+      if (embed_packed)
+        kernels::packed_dequant_row(embed_view, tokens[i], h.data_ptr<float>() + i * H);
+      else
+        h[i].copy_(embed[tokens[i]]);
+    }
+    const int64_t nh = cfg.num_attention_heads, kvh = cfg.num_key_value_heads, hd = cfg.head_dim;
+    const int64_t P = pos + T;
+    auto cos = rope_cos.narrow(0, pos, T), sin = rope_sin.narrow(0, pos, T);
+    torch::Tensor mask;  // [T, P] true = attend
+    if (T > 1 || pos > 0) {
+      auto qi = torch::arange(pos, P, torch::kLong).unsqueeze(1);
+      auto kj = torch::arange(0, P, torch::kLong).unsqueeze(0);
+      mask = kj <= qi;
+    }
+    for (auto& l : layers) {
+      auto x = rms(h, l.attn_norm);
+      auto q = l.q.forward(x, threads).view({T, nh, hd});
+      auto k = l.k.forward(x, threads).view({T, kvh, hd});
+      auto v = l.v.forward(x, threads).view({T, kvh, hd}).transpose(0, 1);
+      if (l.q_norm.defined()) {
+        q = rms(q, l.q_norm);
+        k = rms(k, l.k_norm);
+      }
+      q = rope(q.transpose(0, 1), cos, sin);  // [nh, T, hd]
+      k = rope(k.transpose(0, 1), cos, sin);  // [kvh, T, hd]
+      l.k_cache.narrow(1, pos, T).copy_(k);
+      l.v_cache.narrow(1, pos, T).copy_(v);
+      auto kc = l.k_cache.narrow(1, 0, P).unsqueeze(0), vc = l.v_cache.narrow(1, 0, P).unsqueeze(0);
+      torch::Tensor o;
+      if (pos == 0)
+        o = at::scaled_dot_product_attention(q.unsqueeze(0), kc, vc, {}, 0.0, /*is_causal=*/true, std::nullopt,
+                                             kvh != nh);
+      else
+        o = at::scaled_dot_product_attention(q.unsqueeze(0), kc, vc, mask, 0.0, false, std::nullopt, kvh != nh);
+      o = o.squeeze(0).transpose(0, 1).reshape({T, nh * hd});
+      if (l.attn_sub_norm.defined()) o = rms(o, l.attn_sub_norm);
+      h = h + l.o.forward(o, threads);
+      auto y = rms(h, l.ffn_norm);
+      torch::Tensor inner;
+      if (l.has_gate)
+        inner = torch::silu(l.gate.forward(y, threads)) * l.up.forward(y, threads);
+      else
+        inner = torch::relu(l.up.forward(y, threads)).square();
+      if (l.mlp_sub_norm.defined()) inner = rms(inner, l.mlp_sub_norm);
+      h = h + l.down.forward(inner, threads);
+    }
+    pos = P;
+    h = rms(h, final_norm);
+    return head.forward(h, threads);
+  }
+
+  int64_t resident() const {
+    int64_t b = dense_bytes + (embed_packed ? embed_view.packed_bytes() : 0);
+    for (const auto& l : layers)
+      for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+        if (L->out) b += L->resident_bytes();
+    if (!cfg.tie_word_embeddings) b += head.resident_bytes();
+    return b;
+  }
+  int64_t params() const {
+    int64_t n = dense_params + (embed_packed ? embed_view.out * embed_view.in : 0);
+    for (const auto& l : layers)
+      for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+        if (L->out) n += L->params();
+    if (!cfg.tie_word_embeddings) n += head.params();
+    return n;
+  }
+};
+
+PackedRuntime::PackedRuntime() : impl_(std::make_unique<Impl>()) {}
+PackedRuntime::~PackedRuntime() = default;
+
+std::unique_ptr<PackedRuntime> PackedRuntime::open(const std::string& path, int threads) {
+  std::unique_ptr<PackedRuntime> rt(new PackedRuntime());
+  rt->impl_->threads = threads;
+  rt->impl_->load(path);
+  return rt;
+}
+
+torch::Tensor PackedRuntime::logits(const std::vector<int32_t>& tokens) {
+  impl_->reset();
+  return impl_->forward(tokens);
+}
+torch::Tensor PackedRuntime::append(const std::vector<int32_t>& tokens) { return impl_->forward(tokens); }
+torch::Tensor PackedRuntime::step(int32_t token) { return impl_->forward({token}).squeeze(0); }
+void PackedRuntime::reset() { impl_->reset(); }
+int64_t PackedRuntime::position() const { return impl_->pos; }
+const ModelConfig& PackedRuntime::config() const { return impl_->cfg; }
+const std::string& PackedRuntime::tokenizer_kind() const { return impl_->model.tokenizer_kind; }
+const std::vector<uint8_t>& PackedRuntime::tokenizer_bytes() const { return impl_->model.tokenizer; }
+const std::string& PackedRuntime::quant_config() const { return impl_->quant_text; }
+int64_t PackedRuntime::resident_weight_bytes() const { return impl_->resident(); }
+int64_t PackedRuntime::fp16_bytes() const { return impl_->params() * 2; }
+int64_t PackedRuntime::packed_layers() const { return impl_->n_packed; }
+
+std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt, const GenerationOptions& o) {
+  if (prompt.empty()) throw std::invalid_argument("generate: empty prompt");
+  std::mt19937_64 rng(o.seed);
+  reset();
+  auto lg = impl_->forward(prompt);
+  torch::Tensor next = lg[lg.size(0) - 1];
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+    const int32_t t = sample_token(next, o, rng);
+    out.push_back(t);
+    if (t == o.eos_id) break;
+    if (i + 1 == o.max_new_tokens || impl_->pos >= impl_->cfg.max_position_embeddings) break;
+    next = step(t);
+  }
+  return out;
+}
+
+double NllStats::perplexity() const { return std::exp(mean()); }
+
+NllStats nll_from_logits(const torch::Tensor& logits, const std::vector<int32_t>& tokens) {
+  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == static_cast<int64_t>(tokens.size()),
+              "nll_from_logits: logits must be [T, V] with T = tokens.size()");
+  NllStats s;
+  const int64_t T = logits.size(0);
+  if (T < 2) return s;
+  auto lp = torch::log_softmax(logits.narrow(0, 0, T - 1).to(torch::kDouble), -1);
+  std::vector<int64_t> tgt(tokens.begin() + 1, tokens.end());
+  auto idx = torch::tensor(tgt, torch::kLong).unsqueeze(1);
+  s.nll_sum = -lp.gather(1, idx).sum().item<double>();
+  s.count = T - 1;
+  return s;
+}
+
+NllStats perplexity(PackedRuntime& rt, const std::vector<int32_t>& tokens, int64_t window) {
+  if (window < 2 || window > rt.config().max_position_embeddings)
+    throw std::invalid_argument("perplexity: window must be in [2, max_position_embeddings]");
+  NllStats total;
+  for (size_t b = 0; b + 1 < tokens.size(); b += static_cast<size_t>(window)) {
+    const size_t e = std::min(tokens.size(), b + static_cast<size_t>(window));
+    if (e - b < 2) break;
+    std::vector<int32_t> w(tokens.begin() + b, tokens.begin() + e);
+    auto s = nll_from_logits(rt.logits(w), w);
+    total.nll_sum += s.nll_sum;
+    total.count += s.count;
+  }
+  return total;
+}
+
+KlTop1 kl_and_top1(const torch::Tensor& reference_logits, const torch::Tensor& logits) {
+  TORCH_CHECK(reference_logits.sizes() == logits.sizes(), "kl_and_top1: shapes differ: ", reference_logits.sizes(),
+              " vs ", logits.sizes());
+  auto r = reference_logits.to(torch::kDouble).reshape({-1, reference_logits.size(-1)});
+  auto l = logits.to(torch::kDouble).reshape({-1, logits.size(-1)});
+  auto lpr = torch::log_softmax(r, -1), lpl = torch::log_softmax(l, -1);
+  auto kl = (lpr.exp() * (lpr - lpl)).sum(-1);
+  KlTop1 out;
+  out.positions = r.size(0);
+  out.mean_kl = kl.mean().item<double>();
+  out.top1 = (r.argmax(-1) == l.argmax(-1)).to(torch::kDouble).mean().item<double>();
+  return out;
+}
+
+int32_t sample_token(const torch::Tensor& logits, const GenerationOptions& o, std::mt19937_64& rng) {
+  auto l = logits.to(torch::kDouble).contiguous().reshape({-1});
+  const int64_t V = l.size(0);
+  const double* p = l.data_ptr<double>();
+  if (o.temperature <= 0) return static_cast<int32_t>(std::max_element(p, p + V) - p);
+  std::vector<int64_t> order(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+  int64_t keep = V;
+  if (o.top_k > 0) keep = std::min(keep, o.top_k);
+  std::vector<double> prob(static_cast<size_t>(keep));
+  const double mx = p[order[0]] / o.temperature;
+  double z = 0;
+  for (int64_t i = 0; i < keep; ++i) z += prob[i] = std::exp(p[order[i]] / o.temperature - mx);
+  for (auto& v : prob) v /= z;
+  if (o.top_p < 1.0) {
+    double c = 0;
+    int64_t k = 0;
+    while (k < keep) {
+      c += prob[k++];
+      if (c >= o.top_p) break;
+    }
+    keep = std::max<int64_t>(k, 1);
+    z = 0;
+    for (int64_t i = 0; i < keep; ++i) z += prob[i];
+    for (int64_t i = 0; i < keep; ++i) prob[i] /= z;
+  }
+  const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+  double c = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    c += prob[i];
+    if (u < c) return static_cast<int32_t>(order[i]);
+  }
+  return static_cast<int32_t>(order[keep - 1]);
+}
+
+}  // namespace bitforge::runtime

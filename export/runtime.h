@@ -1,0 +1,102 @@
+// The packed-model runtime behind `bitforge eval` / `bitforge generate`: runs a bitforge.packed file
+// (export/packed_format.h, written by export/model_export.h) on the CPU without the trainer.
+//
+// Quantized projections stay PACKED in memory (1 bit or 2 bits per weight + fp16 scales + anchors) and run
+// through kernels/packed_gemv.h (A16, or the layer's per-token int8/int4 activation quantization exactly as
+// BitLinear does it, after its optional input RMSNorm); unquantized tensors are held as fp32 and multiplied with
+// at::linear. The decoder follows trainer/model.h operation for operation: embedding (a packed table is
+// dequantized row by row), pre-norm layers with RMSNorm (at::rms_norm, fp32), HF rotate-half RoPE
+// (inv_freq_i = θ^(−2i/d), tables built with the same LibTorch ops), Qwen3 q/k norms, grouped-query causal
+// attention (at::scaled_dot_product_attention over a KV cache), SwiGLU or relu2, SubLN, final norm, LM head
+// (tied: the embedding table, packed or not). Logits match the Transformer's forward to fp32 rounding
+// (tests/trainer_export_runtime_test.cpp checks 1e-4 relative).
+//
+// Not thread-safe: one PackedRuntime per thread. `threads` is the packed GEMV's thread count (0 = at::get_num_threads()).
+// Errors: open() throws formats::FormatError for a malformed / non-packed file or a config it cannot run;
+// logits()/step() throw std::invalid_argument for a token outside [0, V) or a sequence longer than
+// max_position_embeddings.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "export/packed_format.h"
+#include "trainer/config.h"  // ModelConfig (plain struct)
+
+namespace bitforge::runtime {
+
+struct GenerationOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;  ///< <= 0: greedy (argmax, lowest id on ties)
+  int64_t top_k = 0;         ///< 0 = no top-k cut
+  double top_p = 1.0;        ///< nucleus: smallest set of most likely tokens with mass >= top_p
+  uint64_t seed = 0;         ///< std::mt19937_64 seed; same seed + options → same tokens
+  int32_t eos_id = -1;       ///< stop after emitting it (-1: never)
+};
+
+class PackedRuntime {
+ public:
+  static std::unique_ptr<PackedRuntime> open(const std::string& path, int threads = 0);
+  ~PackedRuntime();
+
+  /// Logits [T, V] fp32 for a whole sequence (resets the KV cache first, leaves it holding the sequence).
+  torch::Tensor logits(const std::vector<int32_t>& tokens);
+  /// Appends one token at the current position, returns its next-token logits [V].
+  torch::Tensor step(int32_t token);
+  /// Appends several tokens (prefill) and returns their logits [T, V].
+  torch::Tensor append(const std::vector<int32_t>& tokens);
+  void reset();
+  int64_t position() const;
+
+  const ModelConfig& config() const;
+  const std::string& tokenizer_kind() const;
+  const std::vector<uint8_t>& tokenizer_bytes() const;
+  const std::string& quant_config() const;
+
+  /// Bytes of weights held in memory: packed codes + fp16 scales + anchors of quantized layers, fp32 of the rest.
+  int64_t resident_weight_bytes() const;
+  /// The same weights as FP16 (2 bytes per parameter).
+  int64_t fp16_bytes() const;
+  /// Number of quantized (packed) projections.
+  int64_t packed_layers() const;
+
+  /// prompt + up to max_new_tokens sampled tokens (returns only the new ones). Resets the cache first.
+  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const GenerationOptions& options);
+
+ private:
+  PackedRuntime();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Mean negative log-likelihood of tokens[1..T) under logits[0..T-1) ([T, V]).
+struct NllStats {
+  double nll_sum = 0;
+  int64_t count = 0;
+  double mean() const { return count ? nll_sum / double(count) : 0.0; }
+  double perplexity() const;
+};
+NllStats nll_from_logits(const torch::Tensor& logits, const std::vector<int32_t>& tokens);
+
+/// Perplexity of `tokens` split into consecutive windows of `window` tokens (each evaluated from an empty
+/// cache; a trailing window of one token is dropped). window <= max_position_embeddings.
+NllStats perplexity(PackedRuntime& rt, const std::vector<int32_t>& tokens, int64_t window);
+
+/// Mean KL(softmax(reference) ‖ softmax(ours)) over positions (nats) and the fraction of positions whose
+/// argmax agrees. Both [T, V] (or [V]).
+struct KlTop1 {
+  double mean_kl = 0;
+  double top1 = 0;
+  int64_t positions = 0;
+};
+KlTop1 kl_and_top1(const torch::Tensor& reference_logits, const torch::Tensor& logits);
+
+/// One token from next-token logits [V] under the options (greedy / temperature / top-k / top-p).
+int32_t sample_token(const torch::Tensor& logits, const GenerationOptions& options, std::mt19937_64& rng);
+
+}  // namespace bitforge::runtime

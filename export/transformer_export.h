@@ -1,0 +1,93 @@
+// Header-only adapter: trainer Transformer (+ tokenizer) → formats::ExportModel (export/model_export.h).
+//
+// Header-only on purpose: bitforge_export must not call trainer symbols (bitforge_trainer links
+// bitforge_export), so only code that links bitforge_trainer (the CLI, tests/trainer_export_*_test.cpp)
+// includes this file.
+//
+// What it takes from the model (trainer/bitlinear.h, trainer/model.h):
+//   quantized BitLinear `<path>` → ExportLayer "<path>.weight": codes() (anchors hold 0), scales() (fp16-exact
+//   α, [S_r, S_c]), anchor_index, anchor values = weight.flatten()[anchor_index], quant().activations,
+//   input_norm_weight / norm_eps;
+//   every other hf_parameters() tensor (norms, full-precision projections, biases, the embedding unless
+//   quantized, lm_head unless tied) → ExportModel::tensors as fp32.
+// Throws std::invalid_argument for a layer still in quantization warm-up (λ < 1: its effective weight is not
+// α·Q(W), so no packed format represents it).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <set>
+#include <string>
+
+#include "data/tokenizer.h"
+#include "export/model_export.h"
+#include "trainer/model.h"
+
+namespace bitforge {
+
+inline formats::ExportModel make_export_model(const Transformer& model, const data::Tokenizer* tokenizer,
+                                              const std::string& quant_config_text) {
+  torch::NoGradGuard ng;
+  formats::ExportModel m;
+  m.config = model->config();
+  m.config.head_dim = m.config.resolved_head_dim();
+  m.quant_config = quant_config_text;
+  std::set<std::string> quantized;
+  for (const auto& [path, bl] : model->named_bit_linears()) {
+    const QuantConfig& q = bl->quant();
+    if (!q.enabled()) continue;
+    if (bl->lambda() < 1.0)
+      throw std::invalid_argument("export: layer '" + path + "' is in quantization warm-up (lambda " +
+                                  std::to_string(bl->lambda()) + " < 1); finish training before exporting");
+    formats::ExportLayer L;
+    L.name = path + ".weight";
+    quantized.insert(L.name);
+    L.quantizer = q.weight == WeightQuantizer::binary ? formats::Quantizer::binary : formats::Quantizer::ternary;
+    L.granularity = q.granularity == ScaleGranularity::tensor    ? formats::Granularity::tensor
+                    : q.granularity == ScaleGranularity::channel ? formats::Granularity::channel
+                                                                 : formats::Granularity::group;
+    L.group_size = bl->group_size();
+    L.out = bl->out_features();
+    L.in = bl->in_features();
+    auto codes = bl->codes().to(torch::kCPU).to(torch::kInt8).contiguous();
+    L.codes.assign(codes.data_ptr<int8_t>(), codes.data_ptr<int8_t>() + codes.numel());
+    auto scales = bl->scales().to(torch::kCPU).to(torch::kFloat).contiguous();
+    L.scales.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+    auto ai = bl->anchor_index.to(torch::kCPU).to(torch::kLong).contiguous();
+    L.anchor_index.assign(ai.data_ptr<int64_t>(), ai.data_ptr<int64_t>() + ai.numel());
+    auto av = bl->weight.detach().to(torch::kCPU).to(torch::kFloat).flatten().index_select(0, ai).contiguous();
+    L.anchor_value.assign(av.data_ptr<float>(), av.data_ptr<float>() + av.numel());
+    L.activation_bits = q.activations == ActivationQuant::int8 ? 8 : q.activations == ActivationQuant::int4 ? 4 : 0;
+    if (bl->norm_weight.defined()) {
+      auto nw = bl->norm_weight.detach().to(torch::kCPU).to(torch::kFloat).contiguous();
+      L.input_norm_weight.assign(nw.data_ptr<float>(), nw.data_ptr<float>() + nw.numel());
+      L.input_norm_eps = q.norm_eps;
+    }
+    m.layers.push_back(std::move(L));
+  }
+  for (const auto& [name, t] : model->hf_parameters()) {
+    if (quantized.count(name)) continue;
+    formats::ExportTensor e;
+    e.shape = t.sizes().vec();
+    auto c = t.detach().to(torch::kCPU).to(torch::kFloat).contiguous();
+    e.data.assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    m.tensors[name] = std::move(e);
+  }
+  if (tokenizer) {
+    m.tokenizer_kind = tokenizer->kind();
+    m.tokenizer_bytes = tokenizer->serialize();
+    const int32_t n = tokenizer->vocab_size();
+    for (int32_t id = 0; id < n; ++id) {
+      m.vocab.pieces.push_back(tokenizer->piece(id));
+      m.vocab.scores.push_back(tokenizer->score(id));
+      m.vocab.token_types.push_back(static_cast<int32_t>(tokenizer->token_type(id)));
+    }
+    m.vocab.bos = tokenizer->bos_id();
+    m.vocab.eos = tokenizer->eos_id();
+    m.vocab.unk = tokenizer->unk_id();
+    m.vocab.pad = tokenizer->pad_id();
+  }
+  return m;
+}
+
+}  // namespace bitforge

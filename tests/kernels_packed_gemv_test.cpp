@@ -1,0 +1,233 @@
+// Packed CPU GEMV (kernels/packed_gemv.h): integer A8 path bit-exact against the unpack reference, A16 within
+// 1e-5·Σ|w·x| of a double-precision W_eff matmul, odd shapes, M = 1..9, thread counts 1..4 bit-identical,
+// scalar and AVX2 paths agreeing, anchors as exact sparse corrections.
+#include "kernels/packed_gemv.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+namespace bk = bitforge::kernels;
+
+namespace {
+
+uint16_t to_half(float f) {  // exact for the values used here (normal, few mantissa bits)
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  const uint32_t sign = (b >> 16) & 0x8000u;
+  const int32_t exp = int32_t((b >> 23) & 0xff) - 127 + 15;
+  const uint32_t mant = (b >> 13) & 0x3ffu;
+  return static_cast<uint16_t>(sign | (uint32_t(exp) << 10) | mant);
+}
+
+struct Packed {
+  bk::PackedMatrixView view;
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scales;
+  std::vector<int64_t> ai;
+  std::vector<float> av;
+  std::vector<int8_t> q;  // unpacked integer codes as stored
+};
+
+Packed make(bk::PackedQuant quant, int64_t out, int64_t in, int64_t gs, bool per_row, int64_t n_anchors,
+            uint32_t seed) {
+  std::mt19937 rng(seed);
+  Packed p;
+  auto& v = p.view;
+  v.quant = quant;
+  v.out = out;
+  v.in = in;
+  v.group_size = gs;
+  v.scale_rows = per_row ? out : 1;
+  const int64_t rb = v.row_bytes();
+  p.codes.assign(out * rb, 0);
+  p.q.resize(out * in);
+  std::uniform_int_distribution<int> code(quant == bk::PackedQuant::binary ? 0 : -1, 1);
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t c = 0; c < in; ++c) {
+      int cv = code(rng);
+      if (quant == bk::PackedQuant::binary) {
+        cv = cv == 0 ? -1 : 1;
+        if (cv > 0) p.codes[r * rb + c / 8] |= uint8_t(1u << (c % 8));
+      } else {
+        p.codes[r * rb + c / 4] |= uint8_t((cv + 1) << (2 * (c % 4)));
+      }
+      p.q[r * in + c] = static_cast<int8_t>(cv);
+    }
+  std::uniform_int_distribution<int> mant(0, 255);
+  p.scales.resize(v.scale_rows * (in / gs));
+  for (auto& s : p.scales) s = to_half(std::ldexp(1.0f + mant(rng) / 256.f, -5));
+  std::uniform_int_distribution<int64_t> pos(0, out * in - 1);
+  std::normal_distribution<float> nv(0.f, 0.2f);
+  std::vector<int64_t> idx;
+  while (static_cast<int64_t>(idx.size()) < n_anchors) {
+    idx.push_back(pos(rng));
+    std::sort(idx.begin(), idx.end());
+    idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
+  }
+  p.ai = idx;
+  for (int64_t k : idx) {
+    p.av.push_back(nv(rng));
+    // the packed format stores +1 (binary) / 0 (ternary) at anchors
+    const int64_t r = k / in, c = k % in;
+    if (quant == bk::PackedQuant::binary) {
+      p.codes[r * rb + c / 8] |= uint8_t(1u << (c % 8));
+      p.q[k] = 1;
+    } else {
+      p.codes[r * rb + c / 4] = uint8_t((p.codes[r * rb + c / 4] & ~(3u << (2 * (c % 4)))) | (1u << (2 * (c % 4))));
+      p.q[k] = 0;
+    }
+  }
+  v.codes = p.codes.data();
+  v.scales = p.scales.data();
+  v.anchor_index = p.ai.data();
+  v.anchor_value = p.av.data();
+  v.n_anchors = static_cast<int64_t>(p.ai.size());
+  return p;
+}
+
+std::vector<float> rand_x(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = d(rng);
+  return x;
+}
+
+struct Shape {
+  bk::PackedQuant quant;
+  int64_t out, in, gs;
+  bool per_row;
+  int64_t anchors;
+};
+
+std::vector<Shape> shapes() {
+  using Q = bk::PackedQuant;
+  std::vector<Shape> s;
+  for (Q q : {Q::binary, Q::ternary}) {
+    s.push_back({q, 37, 256, 128, true, 9});   // group 128
+    s.push_back({q, 19, 384, 64, true, 5});    // group 64
+    s.push_back({q, 13, 96, 32, true, 0});     // group 32
+    s.push_back({q, 11, 48, 8, true, 3});      // group 8: AVX2 A16, scalar A8
+    s.push_back({q, 7, 20, 4, true, 2});       // group 4: scalar only
+    s.push_back({q, 23, 77, 77, true, 4});     // channel, odd in (byte/ vector tails)
+    s.push_back({q, 5, 131, 131, false, 6});   // tensor, odd in
+    s.push_back({q, 3, 1, 1, false, 0});       // 1 column
+    s.push_back({q, 64, 1000, 1000, true, 40});// channel, long row with tail
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(PackedGemv, A8BitExactAgainstReferenceAllPathsThreadsAndBatch) {
+  uint32_t seed = 1;
+  for (const auto& sh : shapes()) {
+    auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
+    for (int bits : {8, 4}) {
+      for (int64_t M : {1, 3, 8, 9}) {
+        auto x = rand_x(M * sh.in, seed++);
+        std::vector<int8_t> q(M * sh.in);
+        std::vector<float> s(M);
+        bk::quantize_activations_per_token(x.data(), M, sh.in, bits, q.data(), s.data());
+        std::vector<float> ref(M * sh.out);
+        bk::packed_gemv_i8_reference(p.view, q.data(), s.data(), M, ref.data());
+        std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar, bk::GemvImpl::automatic};
+        for (auto impl : impls)
+          for (int threads = 1; threads <= 4; ++threads) {
+            std::vector<float> y(M * sh.out, -1.f);
+            bk::packed_gemv_i8(p.view, q.data(), s.data(), M, y.data(), threads, impl);
+            ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
+                << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " M=" << M << " bits=" << bits
+                << " threads=" << threads << " impl=" << int(impl);
+          }
+        // the integer result equals the real-valued product of W_eff and x̂ = q/s closely
+        std::vector<float> xhat(M * sh.in);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t c = 0; c < sh.in; ++c) xhat[m * sh.in + c] = float(q[m * sh.in + c]) / s[m];
+        std::vector<double> exact(M * sh.out);
+        bk::packed_gemv_f64_reference(p.view, xhat.data(), M, exact.data());
+        for (size_t i = 0; i < exact.size(); ++i) ASSERT_NEAR(ref[i], exact[i], 1e-4 * (1 + std::fabs(exact[i])));
+      }
+    }
+  }
+}
+
+TEST(PackedGemv, A16WithinToleranceThreadsIdentical) {
+  uint32_t seed = 100;
+  for (const auto& sh : shapes()) {
+    auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
+    const auto W = bk::packed_unpack_reference(p.view);
+    for (int64_t M : {1, 2, 8, 11}) {
+      auto x = rand_x(M * sh.in, seed++);
+      std::vector<double> exact(M * sh.out);
+      bk::packed_gemv_f64_reference(p.view, x.data(), M, exact.data());
+      std::vector<float> ref(M * sh.out);
+      bk::packed_gemv_f32_reference(p.view, x.data(), M, ref.data());
+      for (auto impl : {bk::GemvImpl::scalar, bk::GemvImpl::automatic}) {
+        std::vector<float> y1;
+        for (int threads = 1; threads <= 4; ++threads) {
+          std::vector<float> y(M * sh.out);
+          bk::packed_gemv_f32(p.view, x.data(), M, y.data(), threads, impl);
+          if (threads == 1) {
+            y1 = y;
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t r = 0; r < sh.out; ++r) {
+                double mag = 0;
+                for (int64_t c = 0; c < sh.in; ++c) mag += std::fabs(double(W[r * sh.in + c]) * x[m * sh.in + c]);
+                ASSERT_NEAR(y[m * sh.out + r], exact[m * sh.out + r], 1e-5 * mag + 1e-30)
+                    << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " impl=" << int(impl);
+                ASSERT_NEAR(ref[m * sh.out + r], exact[m * sh.out + r], 1e-5 * mag + 1e-30);
+              }
+            if (impl == bk::GemvImpl::scalar) {
+              ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4));
+            }
+          } else {
+            ASSERT_EQ(0, std::memcmp(y.data(), y1.data(), y.size() * 4)) << "threads=" << threads;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(PackedGemv, DequantRowMatchesUnpackAndAnchorsAreExact) {
+  auto p = make(bk::PackedQuant::binary, 9, 256, 128, true, 12, 7);
+  const auto W = bk::packed_unpack_reference(p.view);
+  for (size_t k = 0; k < p.ai.size(); ++k) EXPECT_EQ(W[p.ai[k]], p.av[k]);
+  std::vector<float> row(256);
+  for (int64_t r = 0; r < 9; ++r) {
+    bk::packed_dequant_row(p.view, r, row.data());
+    EXPECT_EQ(0, std::memcmp(row.data(), W.data() + r * 256, 256 * 4));
+  }
+  // x = e_c picks column c exactly: y = W[:, c]
+  std::vector<float> x(256, 0.f);
+  const int64_t c = p.ai[0] % 256;
+  x[c] = 1.f;
+  std::vector<float> y(9);
+  bk::packed_gemv_f32(p.view, x.data(), 1, y.data());
+  // anchors: scale·code + (value − scale·code) = value up to one fp32 rounding
+  for (int64_t r = 0; r < 9; ++r) EXPECT_FLOAT_EQ(y[r], W[r * 256 + c]);
+}
+
+TEST(PackedGemv, RejectsInconsistentViews) {
+  auto p = make(bk::PackedQuant::ternary, 4, 64, 32, true, 0, 3);
+  auto v = p.view;
+  v.group_size = 30;
+  std::vector<float> x(64), y(4);
+  EXPECT_THROW(bk::packed_gemv_f32(v, x.data(), 1, y.data()), std::invalid_argument);
+  v = p.view;
+  v.scale_rows = 2;
+  EXPECT_THROW(bk::packed_gemv_f32(v, x.data(), 1, y.data()), std::invalid_argument);
+  EXPECT_THROW(bk::packed_gemv_f32(p.view, x.data(), 0, y.data()), std::invalid_argument);
+  std::vector<int8_t> q(64);
+  float s = 1.f;
+  v = p.view;
+  v.group_size = 4;  // 64 % 4 == 0 but A8 AVX2 needs 32-multiples
+  if (bk::cpu_has_avx2()) {
+    EXPECT_THROW(bk::packed_gemv_i8(v, q.data(), &s, 1, y.data(), 1, bk::GemvImpl::avx2), std::invalid_argument);
+  }
+  EXPECT_THROW(bk::quantize_activations_per_token(x.data(), 1, 64, 6, q.data(), &s), std::invalid_argument);
+}
