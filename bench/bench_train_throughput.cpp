@@ -2,6 +2,7 @@
 //   build/bench/bench_train_throughput [CONFIG=configs/default.yaml] [--steps N]
 // Same shapes, batch and optimizer; random token batches. Prints tokens/s for each and the ratio; on CUDA
 // also model FLOP/s utilisation (MFU) against the bf16 dense peak of an H100 SXM (989 TFLOP/s).
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include <chrono>

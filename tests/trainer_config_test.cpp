@@ -178,7 +178,7 @@ TEST(ConfigSet, SameValidation) {
 // ---- effective config round trip ----------------------------------------------------------------------
 TEST(ConfigRoundTrip, ToYamlReloadsToSameConfig) {
   Config c = parse_config(R"(
-model: {hidden_size: 192, num_attention_heads: 6, num_key_value_heads: 2, rope_theta: 500000.0, rms_norm_eps: 1.0e-5}
+model: {hidden_size: 192, num_attention_heads: 6, num_key_value_heads: 2, rope_theta: 500000.0, rms_norm_eps: 1.0e-5, tie_word_embeddings: false}
 quant: {weight: ternary, group_size: 64, anchor_fraction: 0.0015, ste: approx_sign, layers: [mlp, lm_head]}
 train: {learning_rate: 0.00123456789, seed: 18446744073709551615, resume_from_checkpoint: /tmp/x y}
 distill: {hidden_layers: [1, 3], alpha_hidden: 0.5, kd_loss: reverse_kl, teacher: ""}
