@@ -1,3 +1,4 @@
+#include "export/mapped_file.h"
 #include "export/gguf.h"
 
 #include <fcntl.h>
@@ -30,13 +31,6 @@ size_t scalar_size(GgufType t) {
 }
 bool known_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufType::FLOAT64); }
 
-struct Mapping {
-  void* addr = nullptr;
-  size_t len = 0;
-  ~Mapping() {
-    if (addr) munmap(addr, len);
-  }
-};
 
 // ---- writer helpers ----
 void put(std::vector<uint8_t>& o, const void* p, size_t n) {
@@ -336,28 +330,10 @@ void GgufWriter::write(const std::string& path) const {
 // ---------------------------------------------------------------------------------------------------------
 
 GgufFile::GgufFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    throw std::runtime_error(path + ": cannot stat: " + std::strerror(e));
-  }
-  size_ = static_cast<uint64_t>(st.st_size);
-  if (size_ > 0) {
-    void* addr = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    ::close(fd);
-    if (addr == MAP_FAILED) throw std::runtime_error(path + ": cannot mmap: " + std::strerror(e));
-    auto m = std::make_shared<Mapping>();
-    m->addr = addr;
-    m->len = size_;
-    holder_ = m;
-    base_ = static_cast<const uint8_t*>(addr);
-  } else {
-    ::close(fd);
-  }
+  auto m = map_file_readonly(path);
+  holder_ = m.holder;
+  base_ = m.data;
+  size_ = m.size;
   parse();
 }
 

@@ -1,3 +1,4 @@
+#include "export/mapped_file.h"
 #include "export/safetensors.h"
 
 #include <fcntl.h>
@@ -52,13 +53,6 @@ uint64_t read_u64_le(const uint8_t* p) {
   return v;
 }
 
-struct Mapping {
-  void* addr = nullptr;
-  size_t len = 0;
-  ~Mapping() {
-    if (addr) munmap(addr, len);
-  }
-};
 
 }  // namespace
 
@@ -84,28 +78,10 @@ uint64_t TensorInfo::numel() const {
 // ---------------------------------------------------------------------------------------------------------
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    throw std::runtime_error(path + ": cannot stat: " + std::strerror(e));
-  }
-  size_ = static_cast<uint64_t>(st.st_size);
-  if (size_ > 0) {
-    void* addr = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    ::close(fd);
-    if (addr == MAP_FAILED) throw std::runtime_error(path + ": cannot mmap: " + std::strerror(e));
-    auto m = std::make_shared<Mapping>();
-    m->addr = addr;
-    m->len = size_;
-    holder_ = m;
-    base_ = static_cast<const uint8_t*>(addr);
-  } else {
-    ::close(fd);
-  }
+  auto m = map_file_readonly(path);
+  holder_ = m.holder;
+  base_ = m.data;
+  size_ = m.size;
   parse();
 }
 
