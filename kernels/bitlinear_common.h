@@ -18,9 +18,18 @@ namespace bitforge::ops::detail {
 /// Q(u): binary sign with sign(0) = +1, or ternary clamp(round_half_even(u), -1, 1).
 BF_HD float quantize_code(float u, int64_t quantizer) {
   if (quantizer == 1) return u >= 0.f ? 1.f : -1.f;
-  const float r = nearbyintf(u);  // default rounding mode: half to even, like torch.round
-  // + 0.f turns a -0 code (u in (-0.5, 0)) into +0 so W_eff holds +0, as the packed format's unpack does.
-  return r > 1.f ? 1.f : (r < -1.f ? -1.f : r + 0.f);
+  // clamp(round_half_even(u), -1, 1) without a rounding call: ±0.5 round to 0 (half to even, as torch.round),
+  // anything beyond is ±1 after the clamp. Branch-free, so the row loops vectorise; a -0 code cannot occur,
+  // so W_eff holds +0 exactly as the packed format's unpack does.
+  return (u > 0.5f ? 1.f : 0.f) - (u < -0.5f ? 1.f : 0.f);
+}
+
+/// Round half to even for |x| < 2^22 (1.5·2^23 trick, exact in the default rounding mode) = nearbyintf(x)
+/// there, but vectorisable without SSE4.1. Callers guarantee the range (|x·s| ≤ 128 for activations).
+/// IEEE semantics (no -ffast-math) keep the compiler from folding (x + m) - m into x.
+BF_HD float round_half_even_small(float x) {
+  constexpr float m = 12582912.0f;
+  return (x + m) - m;
 }
 
 /// STE surrogate derivative dQ/du as documented in bitlinear_ops.h.

@@ -121,7 +121,7 @@ __global__ void quantize_activation_kernel(const float* __restrict__ x, int64_t 
   __syncthreads();
   const float s = qp / fmaxf(row_max, 1e-5f);
   for (int64_t c = threadIdx.x; c < in; c += blockDim.x) {
-    const float q = fminf(fmaxf(nearbyintf(xr[c] * s), -qp - 1.f), qp);
+    const float q = fminf(fmaxf(detail::round_half_even_small(xr[c] * s), -qp - 1.f), qp);
     yr[c] = q / s;
   }
 }
