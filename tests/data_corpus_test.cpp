@@ -1,6 +1,8 @@
 // Corpus readers: each format, glob with **, UTF-8 validation, empty corpora, malformed JSONL.
 #include <gtest/gtest.h>
 
+#include "tests/fixtures/data/temp_dir.h"
+
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -13,23 +15,8 @@ using namespace bitforge::data;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("bitforge_data_corpus_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& rel, const std::string& bytes) const {
-    const fs::path p = path / rel;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << bytes;
-    return p.string();
-  }
+struct TempDir : bitforge::testing::TempDir {
+  TempDir() : bitforge::testing::TempDir("bitforge_data_corpus_") {}
 };
 
 // Expects `fn` to throw DataError whose message contains every one of `parts`.

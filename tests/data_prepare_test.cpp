@@ -1,6 +1,8 @@
 // prepare_data end to end on tiny corpora, the by-document split, and the unigram baseline against its formula.
 #include <gtest/gtest.h>
 
+#include "tests/fixtures/data/temp_dir.h"
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,17 +19,8 @@ using namespace bitforge::data;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("bitforge_data_prepare_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct TempDir : bitforge::testing::TempDir {
+  TempDir() : bitforge::testing::TempDir("bitforge_data_prepare_") {}
 };
 
 // Documents "doc NN: ..." of different lengths in nested folders.

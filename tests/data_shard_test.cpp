@@ -1,6 +1,8 @@
 // Token shards: round trip in u16 and u32, and one specific error per kind of damage.
 #include <gtest/gtest.h>
 
+#include "tests/fixtures/data/temp_dir.h"
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,18 +16,8 @@ using namespace bitforge::data;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("bitforge_data_shard_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
+struct TempDir : bitforge::testing::TempDir {
+  TempDir() : bitforge::testing::TempDir("bitforge_data_shard_") {}
 };
 
 std::string slurp(const std::string& p) {
