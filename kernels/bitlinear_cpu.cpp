@@ -69,14 +69,9 @@ int64_t quantize_rows(const float* w, const float* scale, const float* center, i
       const int64_t srow = (sr == 1 ? 0 : r) * sc;
       const float* wr = w + r * in;
       float* yr = y + r * in;
-      float probe[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // independent lanes: vectorisable
-      int64_t c = 0;
-      for (; c + 8 <= in; c += 8)
-        for (int k = 0; k < 8; ++k) probe[k] += wr[c + k] * 0.f;
-      for (; c < in; ++c) probe[0] += wr[c] * 0.f;
-      float any = 0.f;
-      for (float p : probe) any += p;
-      if (std::isnan(any)) {
+      float probe = 0.f;
+      for (int64_t c = 0; c < in; ++c) probe += wr[c] * 0.f;
+      if (std::isnan(probe)) {
         int64_t expected = -1;
         bad_row.compare_exchange_strong(expected, r);
       }
@@ -143,18 +138,8 @@ void backward_rows(const float* g, const float* w, const float* scale, const flo
           [&](int64_t c0, int64_t c1, int64_t grp) {
             const float a = scale[srow + grp];
             const float mu = center ? center[srow + grp] : 0.f;
-            // 8 independent partial sums: a float reduction the compiler may vectorise without -ffast-math.
-            float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            int64_t c = c0;
-            for (; c + 8 <= c1; c += 8)
-              for (int k = 0; k < 8; ++k) {
-                const float u = (wr[c + k] - mu) / a;
-                const float code = quantize_code(u, Q);
-                gwr[c + k] = gr[c + k] * (lambda * ste_grad(u, S, clip) + keep);
-                part[k] += gr[c + k] * lsq_scale_grad(u, code, Q);
-              }
-            float acc = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-            for (; c < c1; ++c) {
+            float acc = 0.f;
+            for (int64_t c = c0; c < c1; ++c) {
               const float u = (wr[c] - mu) / a;
               const float code = quantize_code(u, Q);
               gwr[c] = gr[c] * (lambda * ste_grad(u, S, clip) + keep);
