@@ -213,23 +213,12 @@ void quantize_row_q2_0_ref(const float* x, block_q2_0* y, int64_t k) {
   }
 }
 
-void quantize_row_tq1_0_ref(const float* x, block_tq1_0* y, int64_t k) {
-  const int64_t nb = blocks_of(k, QK_K, "quantize_row_tq1_0_ref");
-  uint8_t t[QK_K];
-  for (int64_t i = 0; i < nb; ++i) {
-    const float* xb = x + i * QK_K;
-    float amax = 0.0f;
-    for (int j = 0; j < QK_K; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[i].d = fp32_to_fp16(d);
-    for (int j = 0; j < QK_K; ++j) t[j] = static_cast<uint8_t>(std::lround(xb[j] * id) + 1);
-    pack_tq1_0(t, &y[i]);
-  }
-}
-
-void quantize_row_tq2_0_ref(const float* x, block_tq2_0* y, int64_t k) {
-  const int64_t nb = blocks_of(k, QK_K, "quantize_row_tq2_0_ref");
+namespace {
+/// The TQ1_0/TQ2_0 reference quantizer (ggml-quants.c): d = max|x| per 256, code = round(x/d) + 1 ∈ {0,1,2};
+/// only the packing of the 256 codes differs between the two types.
+template <typename Block, typename Pack>
+void quantize_row_ternary_ref(const float* x, Block* y, int64_t k, const char* what, Pack pack) {
+  const int64_t nb = blocks_of(k, QK_K, what);
   uint8_t c[QK_K];
   for (int64_t i = 0; i < nb; ++i) {
     const float* xb = x + i * QK_K;
@@ -239,8 +228,17 @@ void quantize_row_tq2_0_ref(const float* x, block_tq2_0* y, int64_t k) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = fp32_to_fp16(d);
     for (int j = 0; j < QK_K; ++j) c[j] = static_cast<uint8_t>(std::lround(xb[j] * id) + 1);
-    pack_tq2_0(c, &y[i]);
+    pack(c, &y[i]);
   }
+}
+}  // namespace
+
+void quantize_row_tq1_0_ref(const float* x, block_tq1_0* y, int64_t k) {
+  quantize_row_ternary_ref(x, y, k, "quantize_row_tq1_0_ref", pack_tq1_0);
+}
+
+void quantize_row_tq2_0_ref(const float* x, block_tq2_0* y, int64_t k) {
+  quantize_row_ternary_ref(x, y, k, "quantize_row_tq2_0_ref", pack_tq2_0);
 }
 
 void quantize_row_q8_0_ref(const float* x, block_q8_0* y, int64_t k) {
