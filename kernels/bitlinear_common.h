@@ -77,4 +77,12 @@ inline std::pair<int64_t, int64_t> check_weight_args(const at::Tensor& weight, c
   return {sr, sc};
 }
 
+/// Validates the per-token activation quantizer's arguments; returns {rows, in}.
+inline std::pair<int64_t, int64_t> check_activation_args(const at::Tensor& x, int64_t bits) {
+  TORCH_CHECK(bits == 8 || bits == 4, "bitforge: activation bits must be 8 or 4, got ", bits);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "bitforge: activations must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bitforge: activations must be [*, in] with in > 0");
+  return {x.numel() / x.size(-1), x.size(-1)};
+}
+
 }  // namespace bitforge::ops::detail

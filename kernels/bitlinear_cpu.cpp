@@ -35,6 +35,30 @@ void check_scales_finite(const at::Tensor& scale) {
   TORCH_CHECK(at::isfinite(scale).all().item<bool>(), "bitforge: scale contains non-finite values");
 }
 
+/// The weight ops' inputs made contiguous and validated once (shapes, anchors; scales finite when asked).
+struct WeightArgs {
+  at::Tensor w, s, a;
+  c10::optional<at::Tensor> mu;
+  int64_t sr = 0, sc = 0;
+  const float* center() const { return mu ? mu->data_ptr<float>() : nullptr; }
+  const int64_t* anchors_begin() const { return a.data_ptr<int64_t>(); }
+  const int64_t* anchors_end() const { return a.data_ptr<int64_t>() + a.numel(); }
+};
+
+WeightArgs prepare_weight_args(const at::Tensor& weight, const at::Tensor& scale,
+                               const c10::optional<at::Tensor>& center, const at::Tensor& anchor_index,
+                               int64_t quantizer, bool require_finite_scales) {
+  WeightArgs r;
+  std::tie(r.sr, r.sc) = check_weight_args(weight, scale, center, anchor_index, quantizer);
+  r.w = weight.contiguous();
+  r.s = scale.contiguous();
+  r.a = anchor_index.contiguous();
+  if (center.has_value() && center->defined()) r.mu = center->contiguous();
+  check_anchors(r.a, r.w.numel());
+  if (require_finite_scales) check_scales_finite(r.s);
+  return r;
+}
+
 /// Iterates row r's columns group by group, splitting around anchors. fn(col_begin, col_end, group) handles a
 /// run of non-anchor columns inside one group; anchor(col) handles an anchor column.
 template <typename RunFn, typename AnchorFn>
@@ -98,24 +122,13 @@ int64_t quantize_rows(const float* w, const float* scale, const float* center, i
 at::Tensor quantize_weight_cpu(const at::Tensor& weight, const at::Tensor& scale,
                                const c10::optional<at::Tensor>& center, const at::Tensor& anchor_index,
                                int64_t quantizer, double lambda) {
-  auto [sr, sc] = check_weight_args(weight, scale, center, anchor_index, quantizer);
   TORCH_CHECK(lambda >= 0.0 && lambda <= 1.0, "bitforge: lambda must be in [0, 1], got ", lambda);
-  auto w = weight.contiguous();
-  auto s = scale.contiguous();
-  auto a = anchor_index.contiguous();
-  c10::optional<at::Tensor> mu;
-  if (center.has_value() && center->defined()) mu = center->contiguous();
-  check_anchors(a, w.numel());
-  check_scales_finite(s);
-  auto y = at::empty_like(w);
-  const int64_t* ab = a.data_ptr<int64_t>();
-  const float* cp = mu ? mu->data_ptr<float>() : nullptr;
-  const int64_t bad =
-      quantizer == 1
-          ? quantize_rows<1>(w.data_ptr<float>(), s.data_ptr<float>(), cp, sr, sc, w.size(0), w.size(1), ab,
-                             ab + a.numel(), static_cast<float>(lambda), y.data_ptr<float>())
-          : quantize_rows<2>(w.data_ptr<float>(), s.data_ptr<float>(), cp, sr, sc, w.size(0), w.size(1), ab,
-                             ab + a.numel(), static_cast<float>(lambda), y.data_ptr<float>());
+  const auto x = prepare_weight_args(weight, scale, center, anchor_index, quantizer, true);
+  auto y = at::empty_like(x.w);
+  auto* run = quantizer == 1 ? &quantize_rows<1> : &quantize_rows<2>;
+  const int64_t bad = run(x.w.data_ptr<float>(), x.s.data_ptr<float>(), x.center(), x.sr, x.sc, x.w.size(0),
+                          x.w.size(1), x.anchors_begin(), x.anchors_end(), static_cast<float>(lambda),
+                          y.data_ptr<float>());
   TORCH_CHECK(bad < 0, "bitforge: weight row ", bad, " contains non-finite values (NaN or inf)");
   return y;
 }
@@ -169,26 +182,19 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_backward_cpu(
     const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& scale,
     const c10::optional<at::Tensor>& center, const at::Tensor& anchor_index, int64_t quantizer, int64_t ste,
     double ste_clip, double lambda, double scale_grad_factor) {
-  auto [sr, sc] = check_weight_args(weight, scale, center, anchor_index, quantizer);
   TORCH_CHECK(grad.sizes() == weight.sizes() && grad.scalar_type() == at::kFloat,
               "bitforge: grad must match weight ", weight.sizes(), " float32, got ", grad.sizes(), " ",
               grad.scalar_type());
+  const auto x = prepare_weight_args(weight, scale, center, anchor_index, quantizer, false);
   auto g = grad.contiguous();
-  auto w = weight.contiguous();
-  auto s = scale.contiguous();
-  auto a = anchor_index.contiguous();
-  c10::optional<at::Tensor> mu;
-  if (center.has_value() && center->defined()) mu = center->contiguous();
-  check_anchors(a, w.numel());
-  const int64_t out = w.size(0), in = w.size(1);
-  auto gw = at::empty_like(w);
-  auto gsp = at::empty({out, sc}, w.options());
-  const int64_t* ab = a.data_ptr<int64_t>();
-  const float* cp = mu ? mu->data_ptr<float>() : nullptr;
+  const int64_t out = x.w.size(0), in = x.w.size(1);
+  auto gw = at::empty_like(x.w);
+  auto gsp = at::empty({out, x.sc}, x.w.options());
   auto run = [&](auto qtag) {
     constexpr int64_t Q = decltype(qtag)::value;
-    backward_dispatch_ste<Q>(ste, g.data_ptr<float>(), w.data_ptr<float>(), s.data_ptr<float>(), cp, sr, sc, out,
-                             in, ab, ab + a.numel(), static_cast<float>(ste_clip), static_cast<float>(lambda),
+    backward_dispatch_ste<Q>(ste, g.data_ptr<float>(), x.w.data_ptr<float>(), x.s.data_ptr<float>(), x.center(), x.sr,
+                             x.sc, out, in, x.anchors_begin(), x.anchors_end(), static_cast<float>(ste_clip),
+                             static_cast<float>(lambda),
                              static_cast<float>(1.0 - lambda),  // rounded once, as a double scalar would be
                              gw.data_ptr<float>(), gsp.data_ptr<float>());
   };
@@ -196,29 +202,22 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_backward_cpu(
     run(std::integral_constant<int64_t, 1>{});
   else
     run(std::integral_constant<int64_t, 2>{});
-  at::Tensor gs = sr == 1 ? gsp.sum(0, /*keepdim=*/true) : gsp;
+  at::Tensor gs = x.sr == 1 ? gsp.sum(0, /*keepdim=*/true) : gsp;
   gs.mul_(lambda * scale_grad_factor);
   return {gw, gs};
 }
 
 at::Tensor codes_cpu(const at::Tensor& weight, const at::Tensor& scale, const c10::optional<at::Tensor>& center,
                      const at::Tensor& anchor_index, int64_t quantizer) {
-  auto [sr, sc] = check_weight_args(weight, scale, center, anchor_index, quantizer);
-  auto w = weight.contiguous();
-  auto s = scale.contiguous();
-  auto a = anchor_index.contiguous();
-  c10::optional<at::Tensor> mu;
-  if (center.has_value() && center->defined()) mu = center->contiguous();
-  check_anchors(a, w.numel());
-  check_scales_finite(s);
-  const int64_t out = w.size(0), in = w.size(1), gsz = in / sc;
-  auto codes = at::empty({out, in}, w.options().dtype(at::kChar));
-  const float* wp = w.data_ptr<float>();
-  const float* sp = s.data_ptr<float>();
-  const float* cp = mu ? mu->data_ptr<float>() : nullptr;
+  const auto x = prepare_weight_args(weight, scale, center, anchor_index, quantizer, true);
+  const int64_t out = x.w.size(0), in = x.w.size(1), gsz = in / x.sc, sr = x.sr, sc = x.sc;
+  auto codes = at::empty({out, in}, x.w.options().dtype(at::kChar));
+  const float* wp = x.w.data_ptr<float>();
+  const float* sp = x.s.data_ptr<float>();
+  const float* cp = x.center();
   int8_t* qp = codes.data_ptr<int8_t>();
-  const int64_t* ab = a.data_ptr<int64_t>();
-  const int64_t* ae = ab + a.numel();
+  const int64_t* ab = x.anchors_begin();
+  const int64_t* ae = x.anchors_end();
   at::parallel_for(0, out, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t srow = (sr == 1 ? 0 : r) * sc;
@@ -237,12 +236,10 @@ at::Tensor codes_cpu(const at::Tensor& weight, const at::Tensor& scale, const c1
 }
 
 at::Tensor quantize_activation_cpu(const at::Tensor& x, int64_t bits) {
-  TORCH_CHECK(bits == 8 || bits == 4, "bitforge: activation bits must be 8 or 4, got ", bits);
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "bitforge: activations must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bitforge: activations must be [*, in] with in > 0");
+  const auto dims = detail::check_activation_args(x, bits);
+  const int64_t rows = dims.first, in = dims.second;
   auto xc = x.contiguous();
   auto y = at::empty_like(xc);
-  const int64_t in = xc.size(-1), rows = xc.numel() / in;
   const float qp = bits == 8 ? 127.f : 7.f, qn = -qp - 1.f;
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();

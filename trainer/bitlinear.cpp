@@ -112,16 +112,20 @@ torch::Tensor BitLinearImpl::center_() const {
   return group_reduce(weight.detach(), scale.size(0), scale.size(1), false);
 }
 
+torch::Tensor BitLinearImpl::absmean_scale_() const {
+  auto w = weight.detach();
+  auto c = center_();
+  if (c.defined()) w = w - c.repeat_interleave(in_features_ / c.size(1), 1).expand_as(w);
+  return group_reduce(w, scale.size(0), scale.size(1), true).clamp_min(1e-5);
+}
+
 torch::Tensor BitLinearImpl::alpha_() const {
   torch::Tensor a;
   if (quant_.scale_mode == ScaleMode::learned) {
     a = scale;
   } else {
     torch::NoGradGuard ng;
-    auto w = weight.detach();
-    auto c = center_();
-    if (c.defined()) w = w - c.repeat_interleave(in_features_ / c.size(1), 1).expand_as(w);
-    a = group_reduce(w, scale.size(0), scale.size(1), true).clamp_min(1e-5);
+    a = absmean_scale_();
     const_cast<torch::Tensor&>(scale).copy_(a);  // keep the buffer = what the forward used (checkpoint/export)
   }
   return quant_.fp16_scales ? round_fp16_ste(a) : a;
@@ -130,10 +134,7 @@ torch::Tensor BitLinearImpl::alpha_() const {
 void BitLinearImpl::reset_scale_from_weight() {
   if (!quant_.enabled()) return;
   torch::NoGradGuard ng;
-  auto w = weight.detach();
-  auto c = center_();
-  if (c.defined()) w = w - c.repeat_interleave(in_features_ / c.size(1), 1).expand_as(w);
-  scale.copy_(group_reduce(w, scale.size(0), scale.size(1), true).clamp_min(1e-5));
+  scale.copy_(absmean_scale_());
 }
 
 torch::Tensor BitLinearImpl::effective_weight() const {

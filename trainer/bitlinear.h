@@ -74,6 +74,7 @@ class BitLinearImpl : public torch::nn::Module {
  private:
   torch::Tensor center_() const;  ///< per-group mean for mean-centering (detached), or undefined
   torch::Tensor alpha_() const;   ///< α used by the forward: learned parameter or absmean, fp16-rounded (STE)
+  torch::Tensor absmean_scale_() const;  ///< mean |W − μ| per scale group, ≥ 1e-5 (no gradient)
 
   int64_t in_features_, out_features_;
   QuantConfig quant_;

@@ -9,12 +9,6 @@
 
 namespace bitforge {
 
-/// Thrown by stages that a later milestone implements; main exits with code 3 and the message.
-class NotImplemented : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 /// Options common to every subcommand.
 struct CommandContext {
   Config config;

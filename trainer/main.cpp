@@ -118,9 +118,6 @@ int main(int argc, char** argv) {
   } catch (const bitforge::ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;
-  } catch (const bitforge::NotImplemented& e) {
-    spdlog::error("not implemented yet: {}", e.what());
-    return 3;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return 1;

@@ -222,13 +222,11 @@ at::Tensor codes_cuda(const at::Tensor& weight, const at::Tensor& scale, const c
 }
 
 at::Tensor quantize_activation_cuda(const at::Tensor& x, int64_t bits) {
-  TORCH_CHECK(bits == 8 || bits == 4, "bitforge: activation bits must be 8 or 4, got ", bits);
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "bitforge: activations must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "bitforge: activations must be [*, in] with in > 0");
+  const auto dims = detail::check_activation_args(x, bits);
+  const int64_t rows = dims.first, in = dims.second;
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
   auto y = at::empty_like(xc);
-  const int64_t in = xc.size(-1), rows = xc.numel() / in;
   if (rows > 0)
     quantize_activation_kernel<<<static_cast<unsigned>(rows), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         xc.data_ptr<float>(), in, bits == 8 ? 127.f : 7.f, y.data_ptr<float>());
