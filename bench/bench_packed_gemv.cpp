@@ -1,11 +1,21 @@
-// Packed CPU GEMV benchmark (kernels/packed_gemv.h): y = W·x, batch 1, for the 8B-class shapes
-// 4096×4096, 14336×4096 (up/gate) and 4096×14336 (down), binary group-128 (Q1_0's layout) and ternary
-// group-128, A16 and A8, against (a) fp32 at::mv on the unpacked weight and (b) the scalar reference, all in
-// the same run; plus this machine's memory read bandwidth (a plain sum over a 1 GiB buffer with the same
-// thread count), so the GB/s column can be read as a fraction of what the memory delivers.
+// Packed CPU GEMV benchmark (kernels/packed_gemv.h): y = W·x, batch 1, for the 8B-class shapes 4096×4096,
+// 14336×4096 (up/gate) and 4096×14336 (down), binary group-128 (Q1_0's layout) and ternary group-128.
 //
-//   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--no-reference] [--bw-mib MIB]
-// Times are medians over repetitions after a warm-up; "GB/s" is packed weight bytes (codes + scales) / time.
+// Rows, all measured in the same run with the same thread count:
+//   LUT A8 / LUT A16   bitforge's table-lookup kernels on the repacked layout (RepackedMatrix; what the runtime uses)
+//   rowwise A8         the row-wise AVX2 kernel on the export layout (packed_gemv_i8; the previous kernel)
+//   llama.cpp          ggml_mul_mat of the same matrix as Q1_0 (binary) / TQ2_0 (ternary) against fp32 x, computed
+//                      by ggml's CPU backend (x quantized to q8_0 / q8_K inside, vec_dot per row, ggml threadpool),
+//                      when built against scripts/build_llama_cpp.sh's llama.cpp (BITFORGE_WITH_GGML)
+//   fp32 at::mv        the unpacked fp32 weight (4 bytes/weight)
+//   reference          the scalar unpack reference (single thread, warm cache)
+// "cold" times cycle through enough copies of the matrix (≥ --cold-mib MiB, well beyond the last-level cache) that
+// every GEMV reads its weights from DRAM, as decoding a real model does; "warm" repeats one matrix (cache-resident
+// when it fits). GB/s = packed bytes (codes + fp16 scales; Q1_0 / TQ2_0 block bytes for llama.cpp) per GEMV / cold
+// time; %bw = that / this machine's read bandwidth, measured here by an AVX2 streaming sum over --bw-mib MiB with
+// the same threads (the best of 5 passes).
+//
+//   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference]
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -13,27 +23,40 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "export/ggml_quants.h"
 #include "kernels/packed_gemv.h"
 
+#ifdef BITFORGE_WITH_GGML
+#include <ggml-cpu.h>
+#include <ggml.h>
+#endif
+
 namespace bk = bitforge::kernels;
+namespace bf = bitforge::formats;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-template <class F>
-double median_us(F&& f, double min_ms) {
+/// Median time per call of f() in µs (f runs `per_call` GEMVs; the result is divided by it).
+double median_us(const std::function<void()>& f, double min_ms, int per_call = 1) {
   f();  // warm-up
   std::vector<double> t;
   const auto start = Clock::now();
   while (t.size() < 5 || (std::chrono::duration<double, std::milli>(Clock::now() - start).count() < min_ms && t.size() < 2000)) {
     const auto a = Clock::now();
     f();
-    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count());
+    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count() / per_call);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -44,6 +67,8 @@ struct Packed {
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scales;
 };
+
+constexpr uint16_t kScale = 0x2400;  // fp16 0.015625: one scale everywhere, so TQ2_0's 256-blocks hold the same matrix
 
 Packed make(bk::PackedQuant q, int64_t out, int64_t in, uint32_t seed) {
   Packed p;
@@ -60,15 +85,46 @@ Packed make(bk::PackedQuant q, int64_t out, int64_t in, uint32_t seed) {
       for (int s = 0; s < 8; s += 2)
         if (((b >> s) & 3) == 3) b = static_cast<uint8_t>(b & ~(1u << s));
   }
-  p.scales.assign(out * (in / 128), 0x2400);  // fp16 0.015625
+  p.scales.assign(out * (in / 128), kScale);
   p.v.codes = p.codes.data();
   p.v.scales = p.scales.data();
   return p;
 }
 
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, int64_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  alignas(32) uint64_t l[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(l), _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  uint64_t s = l[0] + l[1] + l[2] + l[3];
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+#endif
+
+uint64_t sum_plain(const uint64_t* p, int64_t n) {
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += p[i];
+    s1 += p[i + 1];
+    s2 += p[i + 2];
+    s3 += p[i + 3];
+  }
+  for (; i < n; ++i) s0 += p[i];
+  return s0 + s1 + s2 + s3;
+}
+
 double read_bandwidth_gbs(int64_t mib, int threads) {
   const int64_t n = mib * 1024 * 1024 / 8;
-  std::vector<uint64_t> buf(static_cast<size_t>(n));
+  std::unique_ptr<uint64_t[], void (*)(void*)> buf(static_cast<uint64_t*>(std::aligned_alloc(64, n * 8)), std::free);
   at::parallel_for(0, n, 1 << 16, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) buf[i] = static_cast<uint64_t>(i);
   });
@@ -78,17 +134,12 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
     const auto t0 = Clock::now();
     at::parallel_for(0, threads, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        const int64_t a = n * c / threads, b = n * (c + 1) / threads;
-        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int64_t i = a;
-        for (; i + 4 <= b; i += 4) {
-          s0 += buf[i];
-          s1 += buf[i + 1];
-          s2 += buf[i + 2];
-          s3 += buf[i + 3];
-        }
-        for (; i < b; ++i) s0 += buf[i];
-        part[c] = s0 + s1 + s2 + s3;
+        const int64_t a = (n * c / threads) & ~int64_t(15), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(15);
+#if defined(__x86_64__)
+        part[c] = bk::cpu_has_avx2() ? sum_avx2(buf.get() + a, b - a) : sum_plain(buf.get() + a, b - a);
+#else
+        part[c] = sum_plain(buf.get() + a, b - a);
+#endif
       }
     });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -100,69 +151,194 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
   return best;
 }
 
+#ifdef BITFORGE_WITH_GGML
+/// The same matrix in llama.cpp: `copies` Q1_0/TQ2_0 weight tensors, one graph of `copies` mul_mats against one x.
+struct GgmlGemv {
+  ggml_context* ctx = nullptr;
+  ggml_cgraph* graph = nullptr;
+  ggml_threadpool* pool = nullptr;
+  std::vector<uint8_t> work;
+  ggml_cplan plan{};
+  size_t weight_bytes = 0;
+
+  GgmlGemv(const Packed& p, const std::vector<float>& x, int copies, int threads) {
+    const int64_t out = p.v.out, in = p.v.in;
+    const bool binary = p.v.quant == bk::PackedQuant::binary;
+    const ggml_type type = binary ? GGML_TYPE_Q1_0 : GGML_TYPE_TQ2_0;
+    weight_bytes = ggml_row_size(type, in) * out;
+    const size_t mem = copies * (weight_bytes + out * 4 + 3 * ggml_tensor_overhead()) + in * 4 +
+                       ggml_graph_overhead_custom(copies + 8, false) + (1 << 20);
+    ggml_init_params ip{mem, nullptr, false};
+    ctx = ggml_init(ip);
+    ggml_tensor* xt = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, in);
+    std::memcpy(xt->data, x.data(), in * 4);
+    graph = ggml_new_graph_custom(ctx, copies + 8, false);
+    // one row of codes in {−1, 0, +1}, converted by bitforge's exporter (bit-exact with llama.cpp's layouts)
+    std::vector<int8_t> codes(in);
+    std::vector<float> scales(in / (binary ? 128 : 256), bf::fp16_to_fp32(kScale));
+    std::vector<uint8_t> row(ggml_row_size(type, in));
+    ggml_tensor* first = nullptr;
+    for (int c = 0; c < copies; ++c) {
+      ggml_tensor* w = ggml_new_tensor_2d(ctx, type, in, out);
+      if (!first) {
+        for (int64_t r = 0; r < out; ++r) {
+          for (int64_t k = 0; k < in; ++k) {
+            const uint8_t* pr = p.codes.data() + r * p.v.row_bytes();
+            codes[k] = static_cast<int8_t>(binary ? (((pr[k >> 3] >> (k & 7)) & 1) ? 1 : -1)
+                                                  : int((pr[k >> 2] >> (2 * (k & 3))) & 3) - 1);
+          }
+          if (binary)
+            bf::q1_0_from_codes(codes.data(), scales.data(), in, reinterpret_cast<bf::block_q1_0*>(row.data()));
+          else
+            bf::tq2_0_from_codes(codes.data(), scales.data(), in, reinterpret_cast<bf::block_tq2_0*>(row.data()));
+          std::memcpy(static_cast<uint8_t*>(w->data) + r * row.size(), row.data(), row.size());
+        }
+        first = w;
+      } else {
+        std::memcpy(w->data, first->data, weight_bytes);
+      }
+      ggml_build_forward_expand(graph, ggml_mul_mat(ctx, w, xt));
+    }
+    ggml_threadpool_params tpp = ggml_threadpool_params_default(threads);
+    pool = ggml_threadpool_new(&tpp);
+    plan = ggml_graph_plan(graph, threads, pool);
+    work.resize(plan.work_size + 64);
+    plan.work_data = work.data();
+  }
+  void run() { ggml_graph_compute(graph, &plan); }
+  const float* y(int node) const { return static_cast<const float*>(ggml_graph_node(graph, node)->data); }
+  ~GgmlGemv() {
+    ggml_threadpool_free(pool);
+    ggml_free(ctx);
+  }
+};
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = at::get_num_threads();
   double min_ms = 300;
   bool with_ref = true;
-  int64_t bw_mib = 1024;
+  int64_t bw_mib = 1024, cold_mib = 256;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (a == "--min-ms" && i + 1 < argc) min_ms = std::atof(argv[++i]);
     else if (a == "--no-reference") with_ref = false;
     else if (a == "--bw-mib" && i + 1 < argc) bw_mib = std::atoll(argv[++i]);
+    else if (a == "--cold-mib" && i + 1 < argc) cold_mib = std::atoll(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--min-ms MS] [--no-reference] [--bw-mib MIB]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference]\n",
+                   argv[0]);
       return 2;
     }
   }
   at::set_num_threads(threads);
   std::string cmd;
   for (int i = 0; i < argc; ++i) cmd += std::string(i ? " " : "") + argv[i];
-  std::printf("reproduce: cmake --build <build dir> --target bench_packed_gemv -j1 && %s\n", cmd.c_str());
-  std::printf("threads %d, AVX2 %s, at::get_num_threads %d\n", threads, bk::cpu_has_avx2() ? "yes" : "no",
-              at::get_num_threads());
+  std::printf("reproduce: cmake --build <build dir> --target bench_packed_gemv && %s\n", cmd.c_str());
+  std::printf("threads %d, AVX2 %s, llama.cpp baseline %s\n", threads, bk::cpu_has_avx2() ? "yes" : "no",
+#ifdef BITFORGE_WITH_GGML
+              "yes (ggml CPU backend, " BITFORGE_GGML_DIR ")"
+#else
+              "no (configure after scripts/build_llama_cpp.sh to get it)"
+#endif
+  );
   const double bw = read_bandwidth_gbs(bw_mib, threads);
-  std::printf("memory read bandwidth (sum over %lld MiB, %d threads): %.1f GB/s\n\n", static_cast<long long>(bw_mib),
-              threads, bw);
+  std::printf("memory read bandwidth (AVX2 streaming sum over %lld MiB, %d threads, best of 5): %.1f GB/s\n\n",
+              static_cast<long long>(bw_mib), threads, bw);
 
-  std::printf("%-12s %-16s %10s %10s %8s %10s %10s %10s %10s\n", "shape", "kernel", "us", "GB/s", "%bw", "fp32 us",
-              "x fp32", "ref us", "x ref");
+  std::printf("%-11s %-5s %-17s %10s %7s %7s %10s %11s %9s\n", "shape", "bits", "kernel", "cold us", "GB/s", "%bw",
+              "warm us", "vs llama", "max|dy|");
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
   for (auto [out, in] : shapes) {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd;
     std::vector<float> x(in);
     for (auto& v : x) v = nd(rng);
-    std::vector<float> y(out);
     std::vector<int8_t> q(in);
     float s = 0;
     bk::quantize_activations_per_token(x.data(), 1, in, 8, q.data(), &s);
-    auto xt = torch::from_blob(x.data(), {in}, torch::kFloat);
+    char shape[64];
+    std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(out), static_cast<long long>(in));
     for (auto quant : {bk::PackedQuant::binary, bk::PackedQuant::ternary}) {
+      const bool binary = quant == bk::PackedQuant::binary;
       auto p = make(quant, out, in, 7);
-      // baseline (a): fp32 matrix-vector product on the unpacked weight
-      auto W = torch::from_blob(bk::packed_unpack_reference(p.v).data(), {out, in}, torch::kFloat).clone();
-      const double fp32_us = median_us([&] { auto r = at::mv(W, xt); }, min_ms);
-      double ref_us = 0;
-      if (with_ref) ref_us = median_us([&] { bk::packed_gemv_f32_reference(p.v, x.data(), 1, y.data()); }, 0);
       const double bytes = double(p.v.packed_bytes());
-      const std::string qn = quant == bk::PackedQuant::binary ? "1bit" : "2bit";
-      for (bool a8 : {false, true}) {
-        const double us = a8 ? median_us([&] { bk::packed_gemv_i8(p.v, q.data(), &s, 1, y.data(), threads); }, min_ms)
-                             : median_us([&] { bk::packed_gemv_f32(p.v, x.data(), 1, y.data(), threads); }, min_ms);
-        const double gbs = bytes / (us * 1e-6) / 1e9;
-        char shape[64];
-        std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(out), static_cast<long long>(in));
-        std::printf("%-12s %-16s %10.1f %10.1f %7.1f%% %10.1f %9.2fx %10.1f %9.1fx\n", shape,
-                    (qn + (a8 ? " A8" : " A16")).c_str(), us, gbs, 100 * gbs / bw, fp32_us, fp32_us / us, ref_us,
-                    ref_us / us);
+      const int copies = static_cast<int>(std::max<double>(2, std::ceil(cold_mib * 1048576.0 / bytes)));
+      std::vector<std::unique_ptr<bk::RepackedMatrix>> R;
+      for (int c = 0; c < copies; ++c) R.push_back(std::make_unique<bk::RepackedMatrix>(p.v));
+      // exact A16 result in double for the error column
+      std::vector<double> exact(out);
+      bk::packed_gemv_f64_reference(p.v, x.data(), 1, exact.data());
+      std::vector<float> y(out);
+      auto maxdiff = [&](const float* v) {
+        double m = 0;
+        for (int64_t r = 0; r < out; ++r) m = std::max(m, std::fabs(double(v[r]) - exact[r]));
+        return m;
+      };
+      struct Row {
+        std::string name;
+        double cold, warm, bytes, err;
+      };
+      std::vector<Row> rows;
+      {  // bitforge LUT A8 / A16, row-wise A8
+        int i = 0;
+        const double a8c = median_us([&] { for (auto& r : R) r->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
+        const double a8w = median_us([&] { R[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
+        rows.push_back({"bitforge LUT A8", a8c, a8w, bytes, maxdiff(y.data())});
+        const double a16c = median_us([&] { for (auto& r : R) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
+        const double a16w = median_us([&] { R[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
+        rows.push_back({"bitforge LUT A16", a16c, a16w, bytes, maxdiff(y.data())});
+        std::vector<Packed> views(copies, p);  // row-wise layout copies
+        for (auto& v : views) {
+          v.v.codes = v.codes.data();
+          v.v.scales = v.scales.data();
+        }
+        const double rc = median_us([&] { for (auto& v : views) bk::packed_gemv_i8(v.v, q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
+        const double rw = median_us([&] { bk::packed_gemv_i8(p.v, q.data(), &s, 1, y.data(), threads); }, min_ms);
+        rows.push_back({"rowwise A8", rc, rw, bytes, maxdiff(y.data())});
+        (void)i;
       }
+      double llama_cold = 0;
+#ifdef BITFORGE_WITH_GGML
+      {
+        GgmlGemv g(p, x, copies, threads);
+        const double gc = median_us([&] { g.run(); }, min_ms, copies);
+        GgmlGemv g1(p, x, 1, threads);
+        const double gw = median_us([&] { g1.run(); }, min_ms);
+        rows.push_back({binary ? "llama.cpp Q1_0" : "llama.cpp TQ2_0", gc, gw, double(g.weight_bytes), maxdiff(g1.y(0))});
+        llama_cold = gc;
+      }
+#endif
+      {  // fp32 at::mv on unpacked copies (4 bytes/weight)
+        auto W = torch::from_blob(bk::packed_unpack_reference(p.v).data(), {out, in}, torch::kFloat).clone();
+        const int fcopies = static_cast<int>(std::max<double>(2, std::ceil(cold_mib * 1048576.0 / (out * in * 4.0))));
+        std::vector<torch::Tensor> Ws(fcopies, W);
+        for (int c = 1; c < fcopies; ++c) Ws[c] = W.clone();
+        auto xt = torch::from_blob(x.data(), {in}, torch::kFloat);
+        torch::Tensor r;
+        const double fc = median_us([&] { for (auto& w : Ws) r = at::mv(w, xt); }, min_ms, fcopies);
+        const double fw = median_us([&] { r = at::mv(W, xt); }, min_ms);
+        rows.push_back({"fp32 at::mv", fc, fw, double(out * in * 4), maxdiff(r.data_ptr<float>())});
+      }
+      if (with_ref) {
+        const double ru = median_us([&] { bk::packed_gemv_f32_reference(p.v, x.data(), 1, y.data()); }, 0);
+        rows.push_back({"reference (1 thr)", ru, ru, bytes, maxdiff(y.data())});
+      }
+      for (const auto& r : rows) {
+        const double gbs = r.bytes / (r.cold * 1e-6) / 1e9;
+        char vs[32] = "-";
+        if (llama_cold > 0) std::snprintf(vs, sizeof vs, "%.2fx", llama_cold / r.cold);
+        std::printf("%-11s %-5s %-17s %10.1f %7.1f %6.1f%% %10.1f %11s %9.2e\n", shape, binary ? "1" : "1.58",
+                    r.name.c_str(), r.cold, gbs, 100 * gbs / bw, r.warm, vs, r.err);
+      }
+      std::fflush(stdout);
     }
   }
-  std::printf("\nGB/s = packed bytes (codes + fp16 group-128 scales) per call / time; %%bw = that / read bandwidth.\n"
-              "fp32 = at::mv on the unpacked fp32 weight (4 bytes/weight); ref = scalar single-thread reference.\n");
+  std::printf("\nvs llama = llama.cpp cold time / this row's cold time (> 1: faster than llama.cpp).\n"
+              "max|dy| = largest |y − exact| over the rows (exact: double-precision product with fp32 x; A8 rows and\n"
+              "llama.cpp quantize x to 8 bits, so their error includes activation quantization).\n");
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "export/ggml_quants.h"
@@ -50,7 +51,8 @@ kernels::PackedMatrixView view_of(const formats::PackedLayer& L) {
 /// One projection: packed (with activation mode and optional input norm) or dense fp32.
 struct Linear {
   bool packed = false;
-  kernels::PackedMatrixView view;
+  kernels::PackedMatrixView view;                       // layout metadata (codes released once repacked)
+  std::shared_ptr<const kernels::RepackedMatrix> lut;   // the table-lookup layout, when the group size allows
   int act_bits = 0;
   torch::Tensor norm_w;  // [in] or undefined
   double norm_eps = 1e-6;
@@ -70,7 +72,12 @@ struct Linear {
       std::vector<int8_t> q(static_cast<size_t>(M * in));
       std::vector<float> s(static_cast<size_t>(M));
       kernels::quantize_activations_per_token(x.data_ptr<float>(), M, in, act_bits, q.data(), s.data());
-      kernels::packed_gemv_i8(view, q.data(), s.data(), M, y.data_ptr<float>(), threads);
+      if (lut)
+        lut->gemv_i8(q.data(), s.data(), M, y.data_ptr<float>(), threads);
+      else
+        kernels::packed_gemv_i8(view, q.data(), s.data(), M, y.data_ptr<float>(), threads);
+    } else if (lut) {
+      lut->gemv_f32(x.data_ptr<float>(), M, y.data_ptr<float>(), threads);
     } else {
       kernels::packed_gemv_f32(view, x.data_ptr<float>(), M, y.data_ptr<float>(), threads);
     }
@@ -78,7 +85,7 @@ struct Linear {
     return y;
   }
   int64_t resident_bytes() const {
-    int64_t b = packed ? view.packed_bytes() : dense.numel() * 4;
+    int64_t b = packed ? (lut ? lut->bytes() : view.packed_bytes()) : dense.numel() * 4;
     if (norm_w.defined()) b += norm_w.numel() * 4;
     if (bias.defined()) b += bias.numel() * 4;
     return b;
@@ -142,12 +149,28 @@ struct PackedRuntime::Impl {
     const std::string wname = module + ".weight";
     auto it = model.layers.find(wname);
     if (it != model.layers.end()) {
-      const auto& P = it->second;
+      auto& P = it->second;
       if (P.out != out || P.in != in)
         throw FormatError("packed runtime: layer '" + wname + "' is " + std::to_string(P.out) + "x" +
                           std::to_string(P.in) + ", expected " + std::to_string(out) + "x" + std::to_string(in));
       L.packed = true;
       L.view = view_of(P);
+      if (kernels::RepackedMatrix::supports(L.view)) {
+        try {
+          L.lut = std::make_shared<const kernels::RepackedMatrix>(L.view);
+        } catch (const std::invalid_argument& e) {
+          throw FormatError("packed runtime: layer '" + wname + "': " + e.what());
+        }
+        // the repacked copy is what stays resident
+        std::vector<uint8_t>().swap(P.codes);
+        std::vector<uint16_t>().swap(P.scales);
+        std::vector<int64_t>().swap(P.anchor_index);
+        std::vector<float>().swap(P.anchor_value);
+        L.view.codes = nullptr;
+        L.view.scales = nullptr;
+        L.view.anchor_index = nullptr;
+        L.view.anchor_value = nullptr;
+      }
       ++n_packed;
       if (layer_meta.contains(wname)) {
         const auto& e = layer_meta[wname];
@@ -226,6 +249,8 @@ struct PackedRuntime::Impl {
       if (embed_packed) {
         head.packed = true;  // training: torch::linear(h, effective table): float activations
         head.view = embed_view;
+        if (kernels::RepackedMatrix::supports(embed_view))  // the table stays for row lookups; the head gets a copy
+          head.lut = std::make_shared<const kernels::RepackedMatrix>(embed_view);
       } else {
         head.dense = embed;
       }

@@ -81,6 +81,61 @@ void packed_gemv_i8(const PackedMatrixView& w, const int8_t* q, const float* s, 
 /// Row r of W_eff (fp32 [in]) — for an embedding lookup in a packed table.
 void packed_dequant_row(const PackedMatrixView& w, int64_t r, float* out);
 
+// ---- table-lookup (LUT) kernels on a repacked layout ------------------------------------------------------
+/// A packed matrix re-laid out once (at load time) for table-lookup GEMV/GEMM, the method of T-MAC (Wei et al.,
+/// "T-MAC: CPU Renaissance via Table Lookup for Low-Bit LLM Deployment on Edge", arXiv:2407.00088) and of
+/// bitnet.cpp's TL kernels: instead of decoding every weight, each run of 4 binary (or 2 ternary) columns forms a
+/// 4-bit index n into a 16-entry table T_j[n] = Σ_i code_i(n) · x_{j,i}, built once per activation row and shared by
+/// all output rows; one AVX2 `vpshufb` (A8) or `vpermps` pair (A16) then looks up 32 (A8) / 8 (A16) rows at a time.
+///
+/// Layout (owned, independent of the view's memory once constructed): rows in blocks of 32 (the last block padded
+/// with zero bytes; padded rows are never written); block b holds, for byte column k = 0..row_bytes−1, the 32 bytes
+/// codes[(32b + i) · row_bytes + k], i = 0..31 — a byte transpose of the packed rows, so the low nibble of a byte is
+/// column group j = 2k and the high nibble j = 2k + 1 (binary: 4 columns per group, ternary: 2). Scales are fp16
+/// [block][group][32 rows]; anchors keep their flat index and hold the precomputed correction
+/// δ = value − scale · code_stored (the same fp32 operations as the row-wise kernels).
+///
+/// Arithmetic (all implementations — AVX2 and the scalar fallback — perform the same fp32 operations in the same
+/// order, so their results are bit-identical; tests check this):
+///   A8: T_j[n] in int16 (exact), per-row sums in int16 over at most 16 bytes (≤ 16 · 2 · 512 < 2^15), widened to
+///       int32 per group: isum_g is exactly Σ_{c∈g} code_c · q_c, and y = (Σ_g float(isum_g) · scale_g) / s in group
+///       order, then anchors — bit-identical to packed_gemv_i8 and packed_gemv_i8_reference.
+///   A16: binary T_j[n] = ((±x_0 ± x_1) ± x_2) ± x_3, ternary T_j[n] = v_0 + v_1 with v = (code − 1) · x, in fp32;
+///       per row and group a = Σ_{even j} T_j, b = Σ_{odd j} T_j (each sequential in j), y = Σ_g scale_g · (a + b)
+///       (product, then sum, never fused), then anchors. Against the exact (double) product the error is fp32
+///       rounding: |y − y_ref| ≤ 1e-5 · Σ_c |W_eff[r,c] · x_c| (tests check it).
+/// Requirements (supports()): binary group_size % 8 == 0, ternary group_size % 4 == 0; ternary codes ≤ 2.
+/// Threads: row blocks split into `threads` contiguous chunks (results do not depend on the split); tables are
+/// built once per call for up to 8 activation rows at a time. threads <= 0 means at::get_num_threads().
+/// Errors: std::invalid_argument from the constructor for an inconsistent view, an unsupported group size or a
+/// ternary code 3 (naming row and column); from gemv_* for M < 1 / null pointers / AVX2 requested but unavailable.
+class RepackedMatrix {
+ public:
+  /// True when the view's layout can be repacked (see Requirements).
+  static bool supports(const PackedMatrixView& w);
+  explicit RepackedMatrix(const PackedMatrixView& w);
+
+  /// A16: x fp32 [M, in], y fp32 [M, out] (overwritten).
+  void gemv_f32(const float* x, int64_t M, float* y, int threads = 1, GemvImpl impl = GemvImpl::automatic) const;
+  /// A8/A4: q int8 [M, in] (from quantize_activations_per_token), s [M]; y fp32 [M, out].
+  void gemv_i8(const int8_t* q, const float* s, int64_t M, float* y, int threads = 1,
+               GemvImpl impl = GemvImpl::automatic) const;
+
+  PackedQuant quant() const { return quant_; }
+  int64_t out() const { return out_; }
+  int64_t in() const { return in_; }
+  /// Bytes held: repacked codes (incl. block padding) + fp16 scales + anchors (index 8 B + δ 4 B).
+  int64_t bytes() const;
+
+ private:
+  PackedQuant quant_ = PackedQuant::binary;
+  int64_t out_ = 0, in_ = 0, group_size_ = 0, n_groups_ = 0, blocks_ = 0, row_bytes_ = 0;
+  std::vector<uint8_t> codes_;     // [blocks][row_bytes][32]
+  std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits
+  std::vector<int64_t> anchor_index_;
+  std::vector<float> anchor_delta_;
+};
+
 // ---- plain references (unpack → float / integer matmul), used by tests -------------------------------------
 /// W_eff [out*in] fp32 exactly as export/packed_format.h defines it.
 std::vector<float> packed_unpack_reference(const PackedMatrixView& w);

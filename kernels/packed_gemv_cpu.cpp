@@ -5,6 +5,7 @@
 // combination and the anchor correction) lives in generic-ISA helpers shared by all paths: compiled without
 // FMA, GCC cannot contract them into fused multiply-adds, so every path performs the same fp32 operations.
 #include "kernels/packed_gemv.h"
+#include "kernels/packed_gemv_internal.h"
 
 #include <ATen/Parallel.h>
 
@@ -22,34 +23,9 @@
 namespace bitforge::kernels {
 namespace {
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while (!(mant & 0x400u));
-      bits = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+using detail::half_to_float;
 
-inline int code_at(const PackedMatrixView& w, const uint8_t* row, int64_t c) {
-  if (w.quant == PackedQuant::binary) return ((row[c >> 3] >> (c & 7)) & 1) ? 1 : -1;
-  return static_cast<int>((row[c >> 2] >> (2 * (c & 3))) & 3) - 1;
-}
+inline int code_at(const PackedMatrixView& w, const uint8_t* row, int64_t c) { return detail::code_at(w.quant, row, c); }
 
 /// Row scales as fp32 [n_groups].
 void row_scales(const PackedMatrixView& w, int64_t r, float* out) {
@@ -71,13 +47,8 @@ __attribute__((noinline)) void apply_anchors(const PackedMatrixView& w, int64_t 
   for (int64_t k = a0; k < a1; ++k) {
     const int64_t idx = w.anchor_index[k], r = idx / w.in, c = idx % w.in;
     const float sc = half_to_float(w.scales[(w.scale_rows == 1 ? 0 : r) * ng + c / w.group_size]);
-    volatile float stored = sc * static_cast<float>(code_at(w, w.codes + r * rb, c));
-    volatile float delta = w.anchor_value[k] - stored;  // volatile: the product above is never fused
-    for (int64_t m = 0; m < M; ++m) {
-      const float xt = xf ? xf[m * w.in + c] : static_cast<float>(q[m * w.in + c]) / s[m];
-      volatile float corr = delta * xt;
-      y[m * w.out + r] = y[m * w.out + r] + corr;
-    }
+    detail::add_anchor(detail::anchor_delta(w.anchor_value[k], sc, code_at(w, w.codes + r * rb, c)), r, c, w.in,
+                       w.out, xf, q, s, M, y);
   }
 }
 
@@ -93,15 +64,7 @@ __attribute__((noinline)) float combine_i8(const int32_t* isum, const float* sc,
 
 template <class F>
 void for_row_chunks(int64_t out, int threads, const F& f) {
-  if (threads <= 0) threads = at::get_num_threads();
-  const int64_t chunks = std::min<int64_t>(std::max(threads, 1), out);
-  if (chunks <= 1) {
-    f(0, out);
-    return;
-  }
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) f(out * c / chunks, out * (c + 1) / chunks);
-  });
+  detail::for_chunks(out, threads, f);
 }
 
 // ---------------------------------------------------------------------------------------------------------

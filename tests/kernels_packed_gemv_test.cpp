@@ -231,3 +231,136 @@ TEST(PackedGemv, RejectsInconsistentViews) {
   }
   EXPECT_THROW(bk::quantize_activations_per_token(x.data(), 1, 64, 6, q.data(), &s), std::invalid_argument);
 }
+
+// ---- RepackedMatrix: table-lookup kernels on the repacked layout ------------------------------------------------
+
+namespace {
+std::vector<Shape> lut_shapes() {
+  using Q = bk::PackedQuant;
+  std::vector<Shape> s;
+  for (const auto& sh : shapes()) {
+    bk::PackedMatrixView v;
+    v.quant = sh.quant;
+    v.out = sh.out;
+    v.in = sh.in;
+    v.group_size = sh.gs;
+    if (bk::RepackedMatrix::supports(v)) s.push_back(sh);
+  }
+  for (Q q : {Q::binary, Q::ternary}) {
+    s.push_back({q, 100, 512, 128, true, 30});   // several 32-row blocks + a partial one
+    s.push_back({q, 64, 1024, 1024, true, 20});  // channel: one group spanning many int16 segments
+    s.push_back({q, 33, 640, 640, false, 7});    // tensor scale, 32 + 1 rows
+  }
+  return s;
+}
+}  // namespace
+
+TEST(RepackedMatrix, A8BitExactAgainstUnpackReferenceAllPathsThreadsAndBatch) {
+  uint32_t seed = 500;
+  int tested = 0;
+  for (const auto& sh : lut_shapes()) {
+    auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
+    const bk::RepackedMatrix R(p.view);
+    for (int bits : {8, 4}) {
+      for (int64_t M : {1, 3, 9}) {
+        auto x = rand_x(M * sh.in, seed++);
+        std::vector<int8_t> q(M * sh.in);
+        std::vector<float> s(M);
+        bk::quantize_activations_per_token(x.data(), M, sh.in, bits, q.data(), s.data());
+        std::vector<float> ref(M * sh.out);
+        bk::packed_gemv_i8_reference(p.view, q.data(), s.data(), M, ref.data());
+        std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar};
+        if (bk::cpu_has_avx2()) impls.push_back(bk::GemvImpl::avx2);
+        for (auto impl : impls)
+          for (int threads = 1; threads <= 4; ++threads) {
+            std::vector<float> y(M * sh.out, -1.f);
+            R.gemv_i8(q.data(), s.data(), M, y.data(), threads, impl);
+            ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
+                << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " M=" << M << " bits=" << bits
+                << " threads=" << threads << " impl=" << int(impl);
+            ++tested;
+          }
+      }
+    }
+  }
+  EXPECT_GT(tested, 100);
+}
+
+TEST(RepackedMatrix, A8ExtremeActivationsDoNotOverflowInt16) {
+  // every code +1 (binary) / +1 (ternary), every q = −128: each table entry is −512 (binary) / −256 (ternary), the
+  // largest magnitudes the int16 segment sums can meet; one group spans the whole 4096-column row
+  for (auto quant : {bk::PackedQuant::binary, bk::PackedQuant::ternary}) {
+    auto p = make(quant, 40, 4096, 4096, true, 0, 9);
+    std::fill(p.codes.begin(), p.codes.end(), quant == bk::PackedQuant::binary ? 0xff : 0xaa);
+    const bk::RepackedMatrix R(p.view);
+    for (int8_t v : {int8_t(-128), int8_t(127)}) {
+      std::vector<int8_t> q(4096, v);
+      float s = 3.f;
+      std::vector<float> ref(40), y(40);
+      bk::packed_gemv_i8_reference(p.view, q.data(), &s, 1, ref.data());
+      for (auto impl : {bk::GemvImpl::scalar, bk::GemvImpl::automatic}) {
+        R.gemv_i8(q.data(), &s, 1, y.data(), 2, impl);
+        ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4)) << "q=" << int(v) << " impl=" << int(impl);
+      }
+      // and the value itself: every row is 4096 · q · scale_r / s
+      std::vector<float> row(4096);
+      for (int64_t r = 0; r < 40; ++r) {
+        bk::packed_dequant_row(p.view, r, row.data());
+        volatile float t = static_cast<float>(4096 * int(v)) * row[0];
+        EXPECT_EQ(y[r], t / s) << "r=" << r;
+      }
+    }
+  }
+}
+
+TEST(RepackedMatrix, A16AvxEqualsScalarBitForBitAndWithinTolerance) {
+  uint32_t seed = 900;
+  for (const auto& sh : lut_shapes()) {
+    auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
+    const bk::RepackedMatrix R(p.view);
+    const auto W = bk::packed_unpack_reference(p.view);
+    for (int64_t M : {1, 2, 9}) {
+      auto x = rand_x(M * sh.in, seed++);
+      std::vector<double> exact(M * sh.out);
+      bk::packed_gemv_f64_reference(p.view, x.data(), M, exact.data());
+      std::vector<float> scalar(M * sh.out);
+      R.gemv_f32(x.data(), M, scalar.data(), 1, bk::GemvImpl::scalar);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < sh.out; ++r) {
+          double mag = 0;
+          for (int64_t c = 0; c < sh.in; ++c) mag += std::fabs(double(W[r * sh.in + c]) * x[m * sh.in + c]);
+          ASSERT_NEAR(scalar[m * sh.out + r], exact[m * sh.out + r], 1e-5 * mag + 1e-30)
+              << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " m=" << m << " r=" << r;
+        }
+      std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar};
+      if (bk::cpu_has_avx2()) impls.push_back(bk::GemvImpl::avx2);
+      for (auto impl : impls)
+        for (int threads = 1; threads <= 4; ++threads) {
+          std::vector<float> y(M * sh.out, -1.f);
+          R.gemv_f32(x.data(), M, y.data(), threads, impl);
+          ASSERT_EQ(0, std::memcmp(y.data(), scalar.data(), y.size() * 4))
+              << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " M=" << M << " threads=" << threads
+              << " impl=" << int(impl);
+        }
+    }
+  }
+}
+
+TEST(RepackedMatrix, RejectsWhatItCannotRepack) {
+  auto p = make(bk::PackedQuant::binary, 4, 20, 4, true, 0, 3);  // binary group 4: not a byte of columns
+  EXPECT_FALSE(bk::RepackedMatrix::supports(p.view));
+  EXPECT_THROW(bk::RepackedMatrix R(p.view), std::invalid_argument);
+  auto t = make(bk::PackedQuant::ternary, 4, 64, 32, true, 0, 4);
+  t.codes[5] |= 0x0c;  // a code 3 in row 0, column 4·5 + 1
+  try {
+    bk::RepackedMatrix R(t.view);
+    FAIL() << "code 3 accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("row 0, column 21"), std::string::npos) << e.what();
+  }
+  auto ok = make(bk::PackedQuant::ternary, 4, 64, 32, true, 0, 5);
+  const bk::RepackedMatrix R(ok.view);
+  std::vector<float> x(64), y(4);
+  EXPECT_THROW(R.gemv_f32(x.data(), 0, y.data()), std::invalid_argument);
+  EXPECT_THROW(R.gemv_f32(nullptr, 1, y.data()), std::invalid_argument);
+}

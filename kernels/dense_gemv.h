@@ -1,0 +1,26 @@
+// CPU GEMV / small-batch GEMM for the dense (unquantized) weights the packed runtime keeps: the embedding table used
+// as a tied LM head, an untied head, and any projection left in full precision. y[m, r] = Σ_c W[r, c] · x[m, c] + b[r].
+//
+// Weights stay in the dtype they were exported in: bf16 (the packed file's embedding; widening to fp32 is exact,
+// so the products equal the fp32 model's) or fp32. Activations and accumulation are fp32.
+//   W  bf16 bits (uint16) or fp32, [out, in] row-major;  x fp32 [M, in];  y fp32 [M, out] (overwritten);
+//   bias fp32 [out] or nullptr.
+// Summation: the AVX2 path keeps 4 × 8 fp32 FMA accumulators per row (column c goes to lane c mod 32), reduced in
+// a fixed order; the scalar path sums sequentially. Both are within fp32 rounding of the exact product:
+// |y − y_exact| ≤ 1e-5 · Σ_c |W[r,c] · x[m,c]| (tests check it). Results do not depend on the thread count.
+// Threads: output rows split into `threads` contiguous chunks (at::parallel_for); threads <= 0 = all.
+// Errors: std::invalid_argument for non-positive sizes or null pointers.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/packed_gemv.h"  // GemvImpl
+
+namespace bitforge::kernels {
+
+void dense_gemv_bf16(const uint16_t* W, int64_t out, int64_t in, const float* x, int64_t M, const float* bias,
+                     float* y, int threads = 1, GemvImpl impl = GemvImpl::automatic);
+void dense_gemv_f32(const float* W, int64_t out, int64_t in, const float* x, int64_t M, const float* bias, float* y,
+                    int threads = 1, GemvImpl impl = GemvImpl::automatic);
+
+}  // namespace bitforge::kernels
