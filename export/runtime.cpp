@@ -11,6 +11,7 @@
 
 #include "export/ggml_quants.h"
 #include "export/model_export.h"
+#include "kernels/dense_gemv.h"
 #include "kernels/packed_gemv.h"
 
 namespace bitforge::runtime {
@@ -19,17 +20,15 @@ using formats::FormatError;
 
 namespace {
 
-torch::Tensor to_f32(const formats::PackedTensor& t) {
+std::vector<float> to_f32(const formats::PackedTensor& t) {
   const int64_t n = static_cast<int64_t>(t.bytes.size() / formats::dtype_size(t.dtype));
-  std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
-  auto out = torch::empty(shape, torch::kFloat);
-  float* p = out.data_ptr<float>();
+  std::vector<float> out(static_cast<size_t>(n));
   if (t.dtype == formats::Dtype::F32)
-    std::memcpy(p, t.bytes.data(), t.bytes.size());
+    std::memcpy(out.data(), t.bytes.data(), t.bytes.size());
   else if (t.dtype == formats::Dtype::F16)
-    formats::convert_f16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data()), p, n);
+    formats::convert_f16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data()), out.data(), n);
   else
-    formats::convert_bf16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data()), p, n);
+    formats::convert_bf16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data()), out.data(), n);
   return out;
 }
 
@@ -48,58 +47,100 @@ kernels::PackedMatrixView view_of(const formats::PackedLayer& L) {
   return v;
 }
 
-/// One projection: packed (with activation mode and optional input norm) or dense fp32.
+/// GEMVs smaller than this (weights) run on one thread: a fork/join costs more than it saves.
+constexpr int64_t kParallelMinWeights = int64_t(1) << 20;
+int threads_for(int64_t weights, int threads) { return weights < kParallelMinWeights ? 1 : threads; }
+
+/// A dense (unquantized) weight matrix [out, in], kept in its file dtype when that is bf16 (exactly widened to fp32
+/// by the kernel), else as fp32.
+struct Dense {
+  int64_t out = 0, in = 0;
+  std::shared_ptr<const std::vector<uint16_t>> bf16;  // shared: a tied head reuses the embedding's storage
+  std::shared_ptr<const std::vector<float>> f32;
+  bool defined() const { return out > 0; }
+  int64_t bytes() const { return bf16 ? int64_t(bf16->size()) * 2 : (f32 ? int64_t(f32->size()) * 4 : 0); }
+  void gemv(const float* x, int64_t M, const float* bias, float* y, int threads) const {
+    const int t = threads_for(out * in, threads);
+    if (bf16)
+      kernels::dense_gemv_bf16(bf16->data(), out, in, x, M, bias, y, t);
+    else
+      kernels::dense_gemv_f32(f32->data(), out, in, x, M, bias, y, t);
+  }
+  void row(int64_t r, float* dst) const {
+    if (bf16)
+      formats::convert_bf16_to_f32(bf16->data() + r * in, dst, in);
+    else
+      std::memcpy(dst, f32->data() + r * in, static_cast<size_t>(in) * 4);
+  }
+};
+
+/// y = x · rsqrt(mean(x²) + eps) · w over rows of n (in place allowed).
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t n, double eps, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += double(xr[i]) * xr[i];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / double(n) + eps));
+    for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+}
+
+/// One projection: packed (with activation mode and optional input norm) or dense.
 struct Linear {
   bool packed = false;
   kernels::PackedMatrixView view;                       // layout metadata (codes released once repacked)
   std::shared_ptr<const kernels::RepackedMatrix> lut;   // the table-lookup layout, when the group size allows
   int act_bits = 0;
-  torch::Tensor norm_w;  // [in] or undefined
+  std::vector<float> norm_w;  // [in] or empty
   double norm_eps = 1e-6;
-  torch::Tensor dense;   // [out, in]
-  torch::Tensor bias;    // [out] or undefined
+  Dense dense;
+  std::vector<float> bias;    // [out] or empty
   int64_t out = 0, in = 0;
 
-  torch::Tensor forward(const torch::Tensor& input, int threads) const {
-    auto x = input;
-    if (norm_w.defined())  // BitLinear's input RMSNorm, same LibTorch ops
-      x = x * torch::rsqrt(x.pow(2).mean(-1, true) + norm_eps) * norm_w;
-    if (!packed) return at::linear(x, dense, bias);
-    x = x.contiguous();
-    const int64_t M = x.size(0);
-    auto y = torch::empty({M, out}, torch::kFloat);
-    if (act_bits) {
-      std::vector<int8_t> q(static_cast<size_t>(M * in));
-      std::vector<float> s(static_cast<size_t>(M));
-      kernels::quantize_activations_per_token(x.data_ptr<float>(), M, in, act_bits, q.data(), s.data());
-      if (lut)
-        lut->gemv_i8(q.data(), s.data(), M, y.data_ptr<float>(), threads);
-      else
-        kernels::packed_gemv_i8(view, q.data(), s.data(), M, y.data_ptr<float>(), threads);
-    } else if (lut) {
-      lut->gemv_f32(x.data_ptr<float>(), M, y.data_ptr<float>(), threads);
-    } else {
-      kernels::packed_gemv_f32(view, x.data_ptr<float>(), M, y.data_ptr<float>(), threads);
+  /// y [M, out] = this(x [M, in]). scratch: reused buffers.
+  void forward(const float* x, int64_t M, float* y, int threads, std::vector<float>& xn, std::vector<int8_t>& q,
+               std::vector<float>& s) const {
+    if (!norm_w.empty()) {  // BitLinear's input RMSNorm
+      xn.resize(static_cast<size_t>(M * in));
+      rms_norm(x, norm_w.data(), M, in, norm_eps, xn.data());
+      x = xn.data();
     }
-    if (bias.defined()) y.add_(bias);
-    return y;
+    const float* b = bias.empty() ? nullptr : bias.data();
+    if (!packed) {
+      dense.gemv(x, M, b, y, threads);
+      return;
+    }
+    const int t = threads_for(out * in, threads);
+    if (act_bits) {
+      q.resize(static_cast<size_t>(M * in));
+      s.resize(static_cast<size_t>(M));
+      kernels::quantize_activations_per_token(x, M, in, act_bits, q.data(), s.data());
+      if (lut)
+        lut->gemv_i8(q.data(), s.data(), M, y, t);
+      else
+        kernels::packed_gemv_i8(view, q.data(), s.data(), M, y, t);
+    } else if (lut) {
+      lut->gemv_f32(x, M, y, t);
+    } else {
+      kernels::packed_gemv_f32(view, x, M, y, t);
+    }
+    if (b)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < out; ++r) y[m * out + r] += b[r];
   }
   int64_t resident_bytes() const {
-    int64_t b = packed ? (lut ? lut->bytes() : view.packed_bytes()) : dense.numel() * 4;
-    if (norm_w.defined()) b += norm_w.numel() * 4;
-    if (bias.defined()) b += bias.numel() * 4;
-    return b;
+    int64_t n = packed ? (lut ? lut->bytes() : view.packed_bytes()) : dense.bytes();
+    return n + static_cast<int64_t>(norm_w.size() + bias.size()) * 4;
   }
-  int64_t params() const {
-    return out * in + (norm_w.defined() ? norm_w.numel() : 0) + (bias.defined() ? bias.numel() : 0);
-  }
+  int64_t params() const { return out * in + static_cast<int64_t>(norm_w.size() + bias.size()); }
 };
 
 struct Layer {
-  torch::Tensor attn_norm, ffn_norm, q_norm, k_norm, attn_sub_norm, mlp_sub_norm;
+  std::vector<float> attn_norm, ffn_norm, q_norm, k_norm, attn_sub_norm, mlp_sub_norm;
   Linear q, k, v, o, gate, up, down;
   bool has_gate = false;
-  torch::Tensor k_cache, v_cache;  // [kv_heads, P, hd]
+  std::vector<float> k_cache, v_cache;  // [kv_heads, P, hd]
 };
 
 }  // namespace
@@ -110,32 +151,51 @@ struct PackedRuntime::Impl {
   std::string quant_text;
   nlohmann::json layer_meta;
   int threads = 0;
-  torch::Tensor embed;  // [V, H] fp32 (dense embedding) or undefined
+  Dense embed;  // [V, H] (dense embedding) or undefined
   bool embed_packed = false;
   kernels::PackedMatrixView embed_view;
   std::vector<Layer> layers;
-  torch::Tensor final_norm;
+  std::vector<float> final_norm;
   Linear head;
-  torch::Tensor rope_cos, rope_sin;  // [P, hd]
+  std::vector<float> rope_cos, rope_sin;  // [P, hd]; sin signed: −sin on the first half (rotate-half)
   int64_t pos = 0;
   int64_t n_packed = 0;
   int64_t dense_params = 0, dense_bytes = 0;  // embeddings/norms not inside a Linear
+  // activations of the current forward (reused across calls)
+  std::vector<float> h, xn, qb, kb, vb, att, tmp, gb, ub, scores, lx;
+  std::vector<int8_t> lq;
+  std::vector<float> ls;
 
-  torch::Tensor take(const std::string& name, const std::vector<int64_t>& shape) {
+  const formats::PackedTensor& find(const std::string& name, const std::vector<int64_t>& shape) {
     auto it = model.tensors.find(name);
     if (it == model.tensors.end()) throw FormatError("packed runtime: missing tensor '" + name + "'");
-    auto t = to_f32(it->second);
-    if (t.sizes().vec() != shape)
-      throw FormatError("packed runtime: tensor '" + name + "' has shape " + c10::str(t.sizes()) + ", expected " +
-                        c10::str(c10::IntArrayRef(shape)));
-    model.tensors.erase(it);  // the fp32 copy is what stays resident
+    std::vector<int64_t> have(it->second.shape.begin(), it->second.shape.end());
+    if (have != shape)
+      throw FormatError("packed runtime: tensor '" + name + "' has shape " + c10::str(c10::IntArrayRef(have)) +
+                        ", expected " + c10::str(c10::IntArrayRef(shape)));
+    return it->second;
+  }
+  std::vector<float> take(const std::string& name, const std::vector<int64_t>& shape) {
+    auto t = to_f32(find(name, shape));
+    model.tensors.erase(name);  // the fp32 copy is what stays resident
     return t;
   }
-  torch::Tensor take_optional(const std::string& name, const std::vector<int64_t>& shape) {
-    if (!model.tensors.count(name)) return {};
-    return take(name, shape);
+  Dense take_dense(const std::string& name, int64_t out, int64_t in) {
+    const auto& t = find(name, {out, in});
+    Dense d;
+    d.out = out;
+    d.in = in;
+    if (t.dtype == formats::Dtype::BF16) {
+      auto v = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(out * in));
+      std::memcpy(v->data(), t.bytes.data(), v->size() * 2);
+      d.bf16 = std::move(v);
+    } else {
+      d.f32 = std::make_shared<const std::vector<float>>(to_f32(t));
+    }
+    model.tensors.erase(name);
+    return d;
   }
-  torch::Tensor norm_tensor(const std::string& name, int64_t dim) {
+  std::vector<float> norm_tensor(const std::string& name, int64_t dim) {
     auto t = take(name, {dim});
     dense_params += dim;
     dense_bytes += dim * 4;
@@ -183,7 +243,7 @@ struct PackedRuntime::Impl {
         }
       }
     } else {
-      L.dense = take(wname, {out, in});
+      L.dense = take_dense(wname, out, in);
     }
     if (with_bias) L.bias = take(module + ".bias", {out});
     return L;
@@ -215,9 +275,9 @@ struct PackedRuntime::Impl {
       if (embed_view.out != V || embed_view.in != H) throw FormatError(path + ": embedding layer shape mismatch");
       ++n_packed;
     } else {
-      embed = take("model.embed_tokens.weight", {V, H});
+      embed = take_dense("model.embed_tokens.weight", V, H);
       dense_params += V * H;
-      dense_bytes += V * H * 4;
+      dense_bytes += embed.bytes();
     }
     for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
       const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -252,7 +312,7 @@ struct PackedRuntime::Impl {
         if (kernels::RepackedMatrix::supports(embed_view))  // the table stays for row lookups; the head gets a copy
           head.lut = std::make_shared<const kernels::RepackedMatrix>(embed_view);
       } else {
-        head.dense = embed;
+        head.dense = embed;  // shares the table; counted once (in dense_bytes)
       }
     } else {
       head = linear("lm_head", V, H, false);
@@ -265,40 +325,48 @@ struct PackedRuntime::Impl {
       if (name != "model.embed_tokens.weight" && name.find("model.layers.") != 0 && name != "lm_head.weight")
         throw FormatError(path + ": quantized layer '" + name + "' is not part of the decoder");
     }
-    // RoPE tables: the same LibTorch ops as TransformerImpl's constructor.
+    // RoPE tables: the same LibTorch ops as TransformerImpl's constructor (rotate-half, signed sin).
     const int64_t half = hd / 2;
     auto exponent = torch::arange(0, hd, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(hd);
     auto inv_freq = 1.0 / torch::pow(cfg.rope_theta, exponent);
     auto positions = torch::arange(cfg.max_position_embeddings, torch::kInt64).to(torch::kFloat);
     auto freqs = torch::outer(positions, inv_freq);
     auto emb = torch::cat({freqs, freqs}, -1);
-    rope_cos = emb.cos().contiguous();
+    auto cos = emb.cos().contiguous();
     auto sin = emb.sin();
-    rope_sin = torch::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1).contiguous();
+    auto sin_signed = torch::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1).contiguous();
+    rope_cos.assign(cos.data_ptr<float>(), cos.data_ptr<float>() + cos.numel());
+    rope_sin.assign(sin_signed.data_ptr<float>(), sin_signed.data_ptr<float>() + sin_signed.numel());
+    for (auto& l : layers) {
+      l.k_cache.assign(static_cast<size_t>(kvh * cfg.max_position_embeddings * hd), 0.f);
+      l.v_cache.assign(l.k_cache.size(), 0.f);
+    }
     reset();
   }
 
-  void reset() {
-    pos = 0;
-    for (auto& l : layers) {
-      l.k_cache = torch::zeros({cfg.num_key_value_heads, cfg.max_position_embeddings, cfg.head_dim});
-      l.v_cache = torch::zeros({cfg.num_key_value_heads, cfg.max_position_embeddings, cfg.head_dim});
+  void reset() { pos = 0; }  // cache entries at or beyond pos are never read
+
+  void lin(const Linear& L, const float* x, int64_t M, float* y) { L.forward(x, M, y, threads, lx, lq, ls); }
+
+  /// RoPE (rotate-half) on rows of heads × hd at position p: x' = x·cos + swap(x)·sin_signed.
+  void rope(float* x, int64_t heads, int64_t p) const {
+    const int64_t hd = cfg.head_dim, half = hd / 2;
+    const float* c = rope_cos.data() + p * hd;
+    const float* s = rope_sin.data() + p * hd;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + h * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] + b * s[i];
+        v[i + half] = b * c[i + half] + a * s[i + half];
+      }
     }
   }
 
-  static torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin_signed) {
-    const int64_t half = x.size(-1) / 2;
-    auto swapped = torch::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-    return torch::addcmul(x * cos, swapped, sin_signed);
-  }
-
-  torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w) const {
-    return at::rms_norm(x, {w.size(0)}, w, cfg.rms_norm_eps);
-  }
-
+  /// Logits [T, V] for tokens appended at positions pos..pos+T-1 (plain loops + the packed/dense GEMV kernels).
   torch::Tensor forward(const std::vector<int32_t>& tokens) {
     const int64_t T = static_cast<int64_t>(tokens.size());
-    const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
+    const int64_t V = cfg.vocab_size, H = cfg.hidden_size, I = cfg.intermediate_size;
     if (T < 1) throw std::invalid_argument("packed runtime: empty token sequence");
     if (pos + T > cfg.max_position_embeddings)
       throw std::invalid_argument("packed runtime: position " + std::to_string(pos + T) +
@@ -306,58 +374,89 @@ struct PackedRuntime::Impl {
     for (int32_t t : tokens)
       if (t < 0 || t >= V)
         throw std::invalid_argument("packed runtime: token " + std::to_string(t) + " outside [0, " + std::to_string(V) + ")");
-    torch::NoGradGuard ng;
-    auto h = torch::empty({T, H}, torch::kFloat);
+    const int64_t nh = cfg.num_attention_heads, kvh = cfg.num_key_value_heads, hd = cfg.head_dim;
+    const int64_t Pmax = cfg.max_position_embeddings, group = nh / kvh;
+    const double eps = cfg.rms_norm_eps;
+    auto grow = [](std::vector<float>& v, int64_t n) {
+      if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    };
+    grow(h, T * H), grow(xn, T * std::max(H, I)), grow(qb, T * nh * hd), grow(kb, T * kvh * hd);
+    grow(vb, T * kvh * hd), grow(att, T * nh * hd), grow(tmp, T * H), grow(gb, T * I), grow(ub, T * I);
+    grow(scores, pos + T);
     for (int64_t i = 0; i < T; ++i) {
       if (embed_packed)
-        kernels::packed_dequant_row(embed_view, tokens[i], h.data_ptr<float>() + i * H);
+        kernels::packed_dequant_row(embed_view, tokens[i], h.data() + i * H);
       else
-        h[i].copy_(embed[tokens[i]]);
+        embed.row(tokens[i], h.data() + i * H);
     }
-    const int64_t nh = cfg.num_attention_heads, kvh = cfg.num_key_value_heads, hd = cfg.head_dim;
-    const int64_t P = pos + T;
-    auto cos = rope_cos.narrow(0, pos, T), sin = rope_sin.narrow(0, pos, T);
-    torch::Tensor mask;  // [T, P] true = attend
-    if (T > 1 || pos > 0) {
-      auto qi = torch::arange(pos, P, torch::kLong).unsqueeze(1);
-      auto kj = torch::arange(0, P, torch::kLong).unsqueeze(0);
-      mask = kj <= qi;
-    }
+    const float scale = static_cast<float>(1.0 / std::sqrt(double(hd)));
     for (auto& l : layers) {
-      auto x = rms(h, l.attn_norm);
-      auto q = l.q.forward(x, threads).view({T, nh, hd});
-      auto k = l.k.forward(x, threads).view({T, kvh, hd});
-      auto v = l.v.forward(x, threads).view({T, kvh, hd}).transpose(0, 1);
-      if (l.q_norm.defined()) {
-        q = rms(q, l.q_norm);
-        k = rms(k, l.k_norm);
+      rms_norm(h.data(), l.attn_norm.data(), T, H, eps, xn.data());
+      lin(l.q, xn.data(), T, qb.data());
+      lin(l.k, xn.data(), T, kb.data());
+      lin(l.v, xn.data(), T, vb.data());
+      for (int64_t t = 0; t < T; ++t) {
+        float* q = qb.data() + t * nh * hd;
+        float* k = kb.data() + t * kvh * hd;
+        if (!l.q_norm.empty()) {
+          rms_norm(q, l.q_norm.data(), nh, hd, eps, q);
+          rms_norm(k, l.k_norm.data(), kvh, hd, eps, k);
+        }
+        rope(q, nh, pos + t);
+        rope(k, kvh, pos + t);
+        for (int64_t g = 0; g < kvh; ++g) {
+          std::memcpy(l.k_cache.data() + (g * Pmax + pos + t) * hd, k + g * hd, static_cast<size_t>(hd) * 4);
+          std::memcpy(l.v_cache.data() + (g * Pmax + pos + t) * hd, vb.data() + (t * kvh + g) * hd,
+                      static_cast<size_t>(hd) * 4);
+        }
       }
-      q = rope(q.transpose(0, 1), cos, sin);  // [nh, T, hd]
-      k = rope(k.transpose(0, 1), cos, sin);  // [kvh, T, hd]
-      l.k_cache.narrow(1, pos, T).copy_(k);
-      l.v_cache.narrow(1, pos, T).copy_(v);
-      auto kc = l.k_cache.narrow(1, 0, P).unsqueeze(0), vc = l.v_cache.narrow(1, 0, P).unsqueeze(0);
-      torch::Tensor o;
-      if (pos == 0)
-        o = at::scaled_dot_product_attention(q.unsqueeze(0), kc, vc, {}, 0.0, /*is_causal=*/true, std::nullopt,
-                                             kvh != nh);
-      else
-        o = at::scaled_dot_product_attention(q.unsqueeze(0), kc, vc, mask, 0.0, false, std::nullopt, kvh != nh);
-      o = o.squeeze(0).transpose(0, 1).reshape({T, nh * hd});
-      if (l.attn_sub_norm.defined()) o = rms(o, l.attn_sub_norm);
-      h = h + l.o.forward(o, threads);
-      auto y = rms(h, l.ffn_norm);
-      torch::Tensor inner;
-      if (l.has_gate)
-        inner = torch::silu(l.gate.forward(y, threads)) * l.up.forward(y, threads);
-      else
-        inner = torch::relu(l.up.forward(y, threads)).square();
-      if (l.mlp_sub_norm.defined()) inner = rms(inner, l.mlp_sub_norm);
-      h = h + l.down.forward(inner, threads);
+      // causal attention: token t (position pos + t) sees positions 0..pos + t
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t n = pos + t + 1;
+        for (int64_t hh = 0; hh < nh; ++hh) {
+          const float* q = qb.data() + (t * nh + hh) * hd;
+          const float* kc = l.k_cache.data() + (hh / group) * Pmax * hd;
+          const float* vc = l.v_cache.data() + (hh / group) * Pmax * hd;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < n; ++j) {
+            scores[j] = kernels::dot_f32(q, kc + j * hd, hd) * scale;
+            mx = std::max(mx, scores[j]);
+          }
+          float z = 0.f;
+          for (int64_t j = 0; j < n; ++j) z += scores[j] = std::exp(scores[j] - mx);
+          const float inv = 1.f / z;
+          float* o = att.data() + (t * nh + hh) * hd;
+          std::fill(o, o + hd, 0.f);
+          for (int64_t j = 0; j < n; ++j) kernels::axpy_f32(o, scores[j] * inv, vc + j * hd, hd);
+        }
+      }
+      if (!l.attn_sub_norm.empty()) rms_norm(att.data(), l.attn_sub_norm.data(), T, nh * hd, eps, att.data());
+      lin(l.o, att.data(), T, tmp.data());
+      for (int64_t i = 0; i < T * H; ++i) h[i] += tmp[i];
+      rms_norm(h.data(), l.ffn_norm.data(), T, H, eps, xn.data());
+      if (l.has_gate) {
+        lin(l.gate, xn.data(), T, gb.data());
+        lin(l.up, xn.data(), T, ub.data());
+        for (int64_t i = 0; i < T * I; ++i) {
+          const float g = gb[i];
+          ub[i] = g / (1.f + std::exp(-g)) * ub[i];
+        }
+      } else {
+        lin(l.up, xn.data(), T, ub.data());
+        for (int64_t i = 0; i < T * I; ++i) {
+          const float r = std::max(ub[i], 0.f);
+          ub[i] = r * r;
+        }
+      }
+      if (!l.mlp_sub_norm.empty()) rms_norm(ub.data(), l.mlp_sub_norm.data(), T, I, eps, ub.data());
+      lin(l.down, ub.data(), T, tmp.data());
+      for (int64_t i = 0; i < T * H; ++i) h[i] += tmp[i];
     }
-    pos = P;
-    h = rms(h, final_norm);
-    return head.forward(h, threads);
+    pos += T;
+    rms_norm(h.data(), final_norm.data(), T, H, eps, xn.data());
+    auto logits = torch::empty({T, V}, torch::kFloat);
+    lin(head, xn.data(), T, logits.data_ptr<float>());
+    return logits;
   }
 
   int64_t resident() const {
@@ -366,6 +465,7 @@ struct PackedRuntime::Impl {
       for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
         if (L->out) b += L->resident_bytes();
     if (!cfg.tie_word_embeddings) b += head.resident_bytes();
+    if (cfg.tie_word_embeddings && embed_packed && head.lut) b += head.lut->bytes();  // the head's repacked copy
     return b;
   }
   int64_t params() const {

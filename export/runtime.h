@@ -1,16 +1,19 @@
 // The packed-model runtime behind `bitforge eval` / `bitforge generate`: runs a bitforge.packed file
 // (export/packed_format.h, written by export/model_export.h) on the CPU without the trainer.
 //
-// Quantized projections stay PACKED in memory (1 bit or 2 bits per weight + fp16 scales + anchors) and run
-// through kernels/packed_gemv.h (A16, or the layer's per-token int8/int4 activation quantization exactly as
-// BitLinear does it, after its optional input RMSNorm); unquantized tensors are held as fp32 and multiplied with
-// at::linear. The decoder follows trainer/model.h operation for operation: embedding (a packed table is
-// dequantized row by row), pre-norm layers with RMSNorm (at::rms_norm, fp32), HF rotate-half RoPE
-// (inv_freq_i = θ^(−2i/d), tables built with the same LibTorch ops), Qwen3 q/k norms, grouped-query causal
-// attention (at::scaled_dot_product_attention over a KV cache), SwiGLU or relu2, SubLN, final norm, LM head
-// (tied: the embedding table, packed or not). Logits match the Transformer's forward to fp32 rounding
-// (tests/trainer_export_runtime_test.cpp checks 1e-4 relative).
-//
+// Quantized projections stay PACKED in memory: 1 bit or 2 bits per weight + fp16 scales + anchors, re-laid out at
+// load time for the table-lookup kernels (kernels::RepackedMatrix; the export layout when the group size does not
+// allow it), with A16 activations or the layer's per-token int8/int4 quantization exactly as BitLinear does it
+// (after its optional input RMSNorm). Dense matrices (embedding / tied head, untied head) stay in the file's bf16
+// (widened exactly) or fp32 and run through kernels/dense_gemv.h; norms and biases are fp32.
+// The forward pass is plain loops plus those kernels, no LibTorch dispatch per operation (the per-token cost of a
+// small model is otherwise dominated by dispatch): embedding (a packed table is dequantized row by row), pre-norm
+// layers with RMSNorm (fp32, mean of squares in double), HF rotate-half RoPE (tables built with the same LibTorch
+// ops as trainer/model.h), Qwen3 q/k norms, grouped-query causal attention over a KV cache (fp32 softmax), SwiGLU or
+// relu2, SubLN, final norm, LM head. It follows trainer/model.h operation for operation; logits match the
+// Transformer's forward to fp32 rounding (tests/trainer_export_runtime_test.cpp checks 1e-4 relative, and
+// tests/export_runtime_test.cpp an independent LibTorch decoder).
+// GEMVs of fewer than 2^20 weights run on one thread (a fork/join costs more than they take).
 // Not thread-safe: one PackedRuntime per thread. `threads` is the packed GEMV's thread count (0 = at::get_num_threads()).
 // Errors: open() throws formats::FormatError for a malformed / non-packed file or a config it cannot run;
 // logits()/step() throw std::invalid_argument for a token outside [0, V) or a sequence longer than

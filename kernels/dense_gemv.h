@@ -23,4 +23,10 @@ void dense_gemv_bf16(const uint16_t* W, int64_t out, int64_t in, const float* x,
 void dense_gemv_f32(const float* W, int64_t out, int64_t in, const float* x, int64_t M, const float* bias, float* y,
                     int threads = 1, GemvImpl impl = GemvImpl::automatic);
 
+/// Σ_i a[i] · b[i] over n fp32 values (AVX2: 4 × 8 FMA lanes, fixed reduction; scalar: sequential). Attention's
+/// q·k in the packed runtime. Within fp32 rounding of the exact dot product.
+float dot_f32(const float* a, const float* b, int64_t n);
+/// y[i] += alpha · x[i] over n fp32 values (AVX2: FMA). Attention's Σ p_j · v_j in the packed runtime.
+void axpy_f32(float* y, float alpha, const float* x, int64_t n);
+
 }  // namespace bitforge::kernels

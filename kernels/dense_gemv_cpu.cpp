@@ -1,6 +1,7 @@
 // Dense bf16 / fp32 CPU GEMV; contract in dense_gemv.h.
 #include "kernels/dense_gemv.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -40,29 +41,62 @@ __attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* w) {
 }
 __attribute__((target("avx2,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
 
-template <class T>
-__attribute__((target("avx2,fma"))) void rows_avx2(const T* W, int64_t in, const float* x, const float* bias, float* y,
-                                                    int64_t r0, int64_t r1) {
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 s) {
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 0x55));
+  return _mm_cvtss_f32(v);
+}
+
+/// MB activation rows at once (each weight vector loaded once for all of them); per row of x the arithmetic is the
+/// same for every MB: 4 × 8 lanes (column c → lane c mod 32), fixed reduction, sequential FMA tail.
+template <int MB, class T>
+__attribute__((target("avx2,fma"))) void rows_avx2(const T* W, int64_t in, int64_t out, const float* x,
+                                                    const float* bias, float* y, int64_t r0, int64_t r1) {
   const int64_t in32 = in / 32 * 32, in8 = in / 8 * 8;
   for (int64_t r = r0; r < r1; ++r) {
     const T* w = W + r * in;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 a[MB][4];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < 4; ++u) a[m][u] = _mm256_setzero_ps();
     int64_t c = 0;
-    for (; c < in32; c += 32) {
-      a0 = _mm256_fmadd_ps(load8(w + c), _mm256_loadu_ps(x + c), a0);
-      a1 = _mm256_fmadd_ps(load8(w + c + 8), _mm256_loadu_ps(x + c + 8), a1);
-      a2 = _mm256_fmadd_ps(load8(w + c + 16), _mm256_loadu_ps(x + c + 16), a2);
-      a3 = _mm256_fmadd_ps(load8(w + c + 24), _mm256_loadu_ps(x + c + 24), a3);
+    for (; c < in32; c += 32)
+      for (int u = 0; u < 4; ++u) {
+        const __m256 wv = load8(w + c + 8 * u);
+        for (int m = 0; m < MB; ++m) a[m][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * in + c + 8 * u), a[m][u]);
+      }
+    for (; c < in8; c += 8) {
+      const __m256 wv = load8(w + c);
+      for (int m = 0; m < MB; ++m) a[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * in + c), a[m][0]);
     }
-    for (; c < in8; c += 8) a0 = _mm256_fmadd_ps(load8(w + c), _mm256_loadu_ps(x + c), a0);
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 0x55));
-    float a = _mm_cvtss_f32(v);
-    for (; c < in; ++c) a = std::fma(load_w(w, c), x[c], a);
-    y[r] = bias ? a + bias[r] : a;
+    for (int m = 0; m < MB; ++m) {
+      float v = hsum(_mm256_add_ps(_mm256_add_ps(a[m][0], a[m][1]), _mm256_add_ps(a[m][2], a[m][3])));
+      for (int64_t cc = c; cc < in; ++cc) v = std::fma(load_w(w, cc), x[m * in + cc], v);
+      y[m * out + r] = bias ? v + bias[r] : v;
+    }
   }
+}
+
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  float v = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (; i < n; ++i) v = std::fma(a[i], b[i], v);
+  return v;
+}
+
+__attribute__((target("avx2,fma"))) void axpy_avx2(float* y, float alpha, const float* x, int64_t n) {
+  const __m256 av = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
 }
 #endif
 
@@ -78,7 +112,16 @@ void gemv(const T* W, int64_t out, int64_t in, const float* x, int64_t M, const 
     for (int64_t m = 0; m < M; ++m) {
 #ifdef BF_X86
       if (avx) {
-        rows_avx2(W, in, x + m * in, bias, y + m * out, r0, r1);
+        const int64_t mb = std::min<int64_t>(4, M - m);
+        const float* xm = x + m * in;
+        float* ym = y + m * out;
+        switch (mb) {
+          case 1: rows_avx2<1>(W, in, out, xm, bias, ym, r0, r1); break;
+          case 2: rows_avx2<2>(W, in, out, xm, bias, ym, r0, r1); break;
+          case 3: rows_avx2<3>(W, in, out, xm, bias, ym, r0, r1); break;
+          default: rows_avx2<4>(W, in, out, xm, bias, ym, r0, r1); break;
+        }
+        m += mb - 1;
         continue;
       }
 #endif
@@ -89,6 +132,22 @@ void gemv(const T* W, int64_t out, int64_t in, const float* x, int64_t M, const 
 }
 
 }  // namespace
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+#ifdef BF_X86
+  if (cpu_has_avx2()) return dot_avx2(a, b, n);
+#endif
+  float v = 0.f;
+  for (int64_t i = 0; i < n; ++i) v += a[i] * b[i];
+  return v;
+}
+
+void axpy_f32(float* y, float alpha, const float* x, int64_t n) {
+#ifdef BF_X86
+  if (cpu_has_avx2()) return axpy_avx2(y, alpha, x, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
 
 void dense_gemv_bf16(const uint16_t* W, int64_t out, int64_t in, const float* x, int64_t M, const float* bias,
                      float* y, int threads, GemvImpl impl) {

@@ -204,14 +204,14 @@ TEST(PackedRuntime, PerplexityWindowsKlSamplingAndSizes) {
   EXPECT_EQ(rt->config().hidden_size, 64);
   EXPECT_EQ(rt->tokenizer_kind(), "byte");
   EXPECT_EQ(rt->packed_layers(), 2 * 7);
-  // resident = packed layers + fp32 dense
+  // resident = packed layers + dense: matrices stay bf16 (the file's dtype), vectors (norms, biases) become fp32
   int64_t packed = 0, dense = 0, params = 0;
   for (const auto& L : m.layers) {
     packed += L.out * ((L.in + 7) / 8) + int64_t(L.scales.size()) * 2 + int64_t(L.anchor_index.size()) * 12;
     params += L.out * L.in;
   }
   for (const auto& [n, t] : m.tensors) {
-    dense += int64_t(t.data.size()) * 4;
+    dense += int64_t(t.data.size()) * (t.shape.size() == 2 ? 2 : 4);
     params += int64_t(t.data.size());
   }
   EXPECT_EQ(rt->resident_weight_bytes(), packed + dense);

@@ -75,3 +75,18 @@ TEST(DenseGemv, RejectsBadArguments) {
   EXPECT_THROW(bk::dense_gemv_f32(nullptr, 2, 4, x.data(), 1, nullptr, y.data()), std::invalid_argument);
   EXPECT_THROW(bk::dense_gemv_f32(w.data(), 2, 4, x.data(), 0, nullptr, y.data()), std::invalid_argument);
 }
+
+TEST(DenseGemv, DotAndAxpyMatchDouble) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (int64_t n : {1, 7, 8, 31, 64, 100}) {
+    std::vector<float> a(n), b(n), y(n);
+    for (int64_t i = 0; i < n; ++i) a[i] = nd(rng), b[i] = nd(rng), y[i] = nd(rng);
+    double exact = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) exact += double(a[i]) * b[i], mag += std::fabs(double(a[i]) * b[i]);
+    EXPECT_NEAR(bk::dot_f32(a.data(), b.data(), n), exact, 1e-6 * mag + 1e-30) << n;
+    auto y0 = y;
+    bk::axpy_f32(y.data(), 0.75f, a.data(), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], y0[i] + 0.75 * a[i], 1e-6 * (std::fabs(y0[i]) + std::fabs(a[i])));
+  }
+}

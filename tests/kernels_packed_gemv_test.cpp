@@ -319,7 +319,7 @@ TEST(RepackedMatrix, A16AvxEqualsScalarBitForBitAndWithinTolerance) {
     auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
     const bk::RepackedMatrix R(p.view);
     const auto W = bk::packed_unpack_reference(p.view);
-    for (int64_t M : {1, 2, 9}) {
+    for (int64_t M : {1, 2, 3, 9}) {
       auto x = rand_x(M * sh.in, seed++);
       std::vector<double> exact(M * sh.out);
       bk::packed_gemv_f64_reference(p.view, x.data(), M, exact.data());
