@@ -2,6 +2,7 @@
 #include "export/runtime.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -47,9 +48,9 @@ kernels::PackedMatrixView view_of(const formats::PackedLayer& L) {
   return v;
 }
 
-/// GEMVs smaller than this (weights) run on one thread: a fork/join costs more than it saves.
-constexpr int64_t kParallelMinWeights = int64_t(1) << 20;
-int threads_for(int64_t weights, int threads) { return weights < kParallelMinWeights ? 1 : threads; }
+/// Products of fewer multiply-adds than this (rows of x × weights) run on one thread: a fork/join costs more.
+constexpr int64_t kParallelMinMacs = int64_t(1) << 20;
+int threads_for(int64_t macs, int threads) { return macs < kParallelMinMacs ? 1 : threads; }
 
 /// A dense (unquantized) weight matrix [out, in], kept in its file dtype when that is bf16 (exactly widened to fp32
 /// by the kernel), else as fp32.
@@ -60,7 +61,7 @@ struct Dense {
   bool defined() const { return out > 0; }
   int64_t bytes() const { return bf16 ? int64_t(bf16->size()) * 2 : (f32 ? int64_t(f32->size()) * 4 : 0); }
   void gemv(const float* x, int64_t M, const float* bias, float* y, int threads) const {
-    const int t = threads_for(out * in, threads);
+    const int t = threads_for(M * out * in, threads);
     if (bf16)
       kernels::dense_gemv_bf16(bf16->data(), out, in, x, M, bias, y, t);
     else
@@ -111,7 +112,7 @@ struct Linear {
       dense.gemv(x, M, b, y, threads);
       return;
     }
-    const int t = threads_for(out * in, threads);
+    const int t = threads_for(M * out * in, threads);
     if (act_bits) {
       q.resize(static_cast<size_t>(M * in));
       s.resize(static_cast<size_t>(M));
@@ -162,7 +163,7 @@ struct PackedRuntime::Impl {
   int64_t n_packed = 0;
   int64_t dense_params = 0, dense_bytes = 0;  // embeddings/norms not inside a Linear
   // activations of the current forward (reused across calls)
-  std::vector<float> h, xn, qb, kb, vb, att, tmp, gb, ub, scores, lx;
+  std::vector<float> h, xn, qb, kb, vb, att, tmp, gb, ub, lx;
   std::vector<int8_t> lq;
   std::vector<float> ls;
 
@@ -382,7 +383,6 @@ struct PackedRuntime::Impl {
     };
     grow(h, T * H), grow(xn, T * std::max(H, I)), grow(qb, T * nh * hd), grow(kb, T * kvh * hd);
     grow(vb, T * kvh * hd), grow(att, T * nh * hd), grow(tmp, T * H), grow(gb, T * I), grow(ub, T * I);
-    grow(scores, pos + T);
     for (int64_t i = 0; i < T; ++i) {
       if (embed_packed)
         kernels::packed_dequant_row(embed_view, tokens[i], h.data() + i * H);
@@ -410,26 +410,34 @@ struct PackedRuntime::Impl {
                       static_cast<size_t>(hd) * 4);
         }
       }
-      // causal attention: token t (position pos + t) sees positions 0..pos + t
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t n = pos + t + 1;
-        for (int64_t hh = 0; hh < nh; ++hh) {
+      // causal attention: token t (position pos + t) sees positions 0..pos + t; (token, head) pairs in parallel
+      // when the prompt is long enough to pay for the fork/join
+      auto attend = [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> sc;
+        if (static_cast<int64_t>(sc.size()) < pos + T) sc.resize(static_cast<size_t>(pos + T));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t t = i / nh, hh = i % nh, n = pos + t + 1;
           const float* q = qb.data() + (t * nh + hh) * hd;
           const float* kc = l.k_cache.data() + (hh / group) * Pmax * hd;
           const float* vc = l.v_cache.data() + (hh / group) * Pmax * hd;
           float mx = -INFINITY;
           for (int64_t j = 0; j < n; ++j) {
-            scores[j] = kernels::dot_f32(q, kc + j * hd, hd) * scale;
-            mx = std::max(mx, scores[j]);
+            sc[j] = kernels::dot_f32(q, kc + j * hd, hd) * scale;
+            mx = std::max(mx, sc[j]);
           }
           float z = 0.f;
-          for (int64_t j = 0; j < n; ++j) z += scores[j] = std::exp(scores[j] - mx);
+          for (int64_t j = 0; j < n; ++j) z += sc[j] = std::exp(sc[j] - mx);
           const float inv = 1.f / z;
           float* o = att.data() + (t * nh + hh) * hd;
           std::fill(o, o + hd, 0.f);
-          for (int64_t j = 0; j < n; ++j) kernels::axpy_f32(o, scores[j] * inv, vc + j * hd, hd);
+          for (int64_t j = 0; j < n; ++j) kernels::axpy_f32(o, sc[j] * inv, vc + j * hd, hd);
         }
-      }
+      };
+      const int64_t attn_macs = T * nh * (pos + (T + 1) / 2) * hd * 2;
+      if (threads_for(attn_macs, threads) > 1)
+        at::parallel_for(0, T * nh, 1, attend);
+      else
+        attend(0, T * nh);
       if (!l.attn_sub_norm.empty()) rms_norm(att.data(), l.attn_sub_norm.data(), T, nh * hd, eps, att.data());
       lin(l.o, att.data(), T, tmp.data());
       for (int64_t i = 0; i < T * H; ++i) h[i] += tmp[i];
