@@ -49,28 +49,30 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 s) {
 }
 
 /// MB activation rows at once (each weight vector loaded once for all of them); per row of x the arithmetic is the
-/// same for every MB: 4 × 8 lanes (column c → lane c mod 32), fixed reduction, sequential FMA tail.
+/// same for every MB: 2 × 8 lanes (column c → lane c mod 16), fixed reduction, sequential FMA tail. (2 accumulators
+/// per row keep MB = 4 within the 16 ymm registers.)
 template <int MB, class T>
 __attribute__((target("avx2,fma"))) void rows_avx2(const T* W, int64_t in, int64_t out, const float* x,
                                                     const float* bias, float* y, int64_t r0, int64_t r1) {
-  const int64_t in32 = in / 32 * 32, in8 = in / 8 * 8;
+  const int64_t in16 = in / 16 * 16, in8 = in / 8 * 8;
   for (int64_t r = r0; r < r1; ++r) {
     const T* w = W + r * in;
-    __m256 a[MB][4];
-    for (int m = 0; m < MB; ++m)
-      for (int u = 0; u < 4; ++u) a[m][u] = _mm256_setzero_ps();
+    __m256 a[MB][2];
+    for (int m = 0; m < MB; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
     int64_t c = 0;
-    for (; c < in32; c += 32)
-      for (int u = 0; u < 4; ++u) {
-        const __m256 wv = load8(w + c + 8 * u);
-        for (int m = 0; m < MB; ++m) a[m][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * in + c + 8 * u), a[m][u]);
+    for (; c < in16; c += 16) {
+      const __m256 w0 = load8(w + c), w1 = load8(w + c + 8);
+      for (int m = 0; m < MB; ++m) {
+        a[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + c), a[m][0]);
+        a[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * in + c + 8), a[m][1]);
       }
+    }
     for (; c < in8; c += 8) {
       const __m256 wv = load8(w + c);
       for (int m = 0; m < MB; ++m) a[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * in + c), a[m][0]);
     }
     for (int m = 0; m < MB; ++m) {
-      float v = hsum(_mm256_add_ps(_mm256_add_ps(a[m][0], a[m][1]), _mm256_add_ps(a[m][2], a[m][3])));
+      float v = hsum(_mm256_add_ps(a[m][0], a[m][1]));
       for (int64_t cc = c; cc < in; ++cc) v = std::fma(load_w(w, cc), x[m * in + cc], v);
       y[m * out + r] = bias ? v + bias[r] : v;
     }

@@ -105,8 +105,9 @@ void packed_dequant_row(const PackedMatrixView& w, int64_t r, float* out);
 ///       (product, then sum, never fused), then anchors. Against the exact (double) product the error is fp32
 ///       rounding: |y − y_ref| ≤ 1e-5 · Σ_c |W_eff[r,c] · x_c| (tests check it).
 /// Requirements (supports()): binary group_size % 8 == 0, ternary group_size % 4 == 0; ternary codes ≤ 2.
-/// Threads: row blocks split into `threads` contiguous chunks (results do not depend on the split); tables are
-/// built once per call for up to 8 activation rows at a time. threads <= 0 means at::get_num_threads().
+/// Threads: activation rows go in chunks of 8 whose tables are built together. With one chunk (decode), its row
+/// blocks are split into `threads` contiguous ranges; with several (prefill, batches), the chunks are split across
+/// threads, each building its own tables. Results do not depend on the split. threads <= 0: at::get_num_threads().
 /// Errors: std::invalid_argument from the constructor for an inconsistent view, an unsupported group size or a
 /// ternary code 3 (naming row and column); from gemv_* for M < 1 / null pointers / AVX2 requested but unavailable.
 class RepackedMatrix {

@@ -386,42 +386,69 @@ int64_t RepackedMatrix::bytes() const {
   return static_cast<int64_t>(codes_.size() + scales_.size() * 2 + anchor_index_.size() * 12);
 }
 
+namespace {
+
+/// The driver shared by gemv_i8 and gemv_f32. Activation rows go in chunks of kMChunk whose tables are built together.
+/// Decode (fewer than 2 chunks or one thread): tables built once, row blocks split across threads. Prefill / batch:
+/// chunks split across threads, each thread building its own chunks' tables and running every row block — one
+/// fork/join per call and parallel table building. Per (m, r) the operations are the same either way.
+template <class Tab, class BuildTables, class Block, class Anchors>
+void lut_driver(int64_t M, int64_t blocks, int64_t out, int64_t tab_len, int threads, const BuildTables& build,
+                const Block& block, const Anchors& anchors) {
+  auto chunk = [&](int64_t m0, int64_t b0, int64_t b1, Tab* tabs, bool build_tables) {
+    const int64_t mb = std::min(kMChunk, M - m0);
+    if (build_tables)
+      for (int64_t m = 0; m < mb; ++m) build(m0 + m, tabs + m * tab_len);
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < mb; ++m) block(b, m0 + m, tabs + m * tab_len);
+    anchors(m0, mb, b0 * kRows, std::min(b1 * kRows, out));
+  };
+  const int64_t n_chunks = (M + kMChunk - 1) / kMChunk;
+  const int t = threads <= 0 ? at::get_num_threads() : threads;
+  if (n_chunks >= 2 && t > 1) {
+    detail::for_chunks(n_chunks, t, [&](int64_t c0, int64_t c1) {
+      Tab* tabs = scratch<Tab>(static_cast<size_t>(kMChunk * tab_len));  // this worker's own scratch
+      for (int64_t c = c0; c < c1; ++c) chunk(c * kMChunk, 0, blocks, tabs, true);
+    });
+    return;
+  }
+  Tab* tabs = scratch<Tab>(static_cast<size_t>(kMChunk * tab_len));
+  for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
+    const int64_t mb = std::min(kMChunk, M - m0);
+    for (int64_t m = 0; m < mb; ++m) build(m0 + m, tabs + m * tab_len);
+    detail::for_chunks(blocks, t, [&](int64_t b0, int64_t b1) { chunk(m0, b0, b1, tabs, false); });
+  }
+}
+
+}  // namespace
+
 void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* y, int threads, GemvImpl impl) const {
   if (M < 1 || !q || !s || !y) throw std::invalid_argument("RepackedMatrix::gemv_i8: M must be >= 1 and q, s, y non-null");
   const bool avx = pick_avx2(impl);
   const bool binary = quant_ == PackedQuant::binary;
   const Geometry G{binary, out_, in_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
-  const int64_t tab_bytes = in_ / cols_per_index(binary) * 32;
-  uint8_t* tabs = scratch<uint8_t>(static_cast<size_t>(std::min(M, kMChunk) * tab_bytes));
-  for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
-    const int64_t mb = std::min(kMChunk, M - m0);
-    for (int64_t m = 0; m < mb; ++m) {
+  const int64_t in = in_, out = out_;
+  lut_driver<uint8_t>(
+      M, blocks_, out_, in_ / cols_per_index(binary) * 32, threads,
+      [&](int64_t m, uint8_t* tab) {
 #ifdef BF_X86
-      if (avx)
-        tables_i8_avx2(binary, q + (m0 + m) * in_, in_, tabs + m * tab_bytes);
-      else
+        if (avx) return tables_i8_avx2(binary, q + m * in, in, tab);
 #endif
-        tables_i8_scalar(binary, q + (m0 + m) * in_, in_, tabs + m * tab_bytes);
-    }
-    detail::for_chunks(blocks_, threads, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t m = 0; m < mb; ++m) {
+        tables_i8_scalar(binary, q + m * in, in, tab);
+      },
+      [&](int64_t b, int64_t m, const uint8_t* tab) {
 #ifdef BF_X86
-          if (avx)
-            block_i8_avx2(G, b, tabs + m * tab_bytes, s[m0 + m], y + (m0 + m) * out_);
-          else
+        if (avx) return block_i8_avx2(G, b, tab, s[m], y + m * out);
 #endif
-            block_i8_scalar(G, b, tabs + m * tab_bytes, s[m0 + m], y + (m0 + m) * out_);
-        }
-      const auto lo = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), b0 * kRows * in_);
-      const auto hi = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), std::min(b1 * kRows, out_) * in_);
-      for (auto it = lo; it != hi; ++it) {
-        const int64_t k = it - anchor_index_.begin();
-        detail::add_anchor(anchor_delta_[k], *it / in_, *it % in_, in_, out_, nullptr, q + m0 * in_, s + m0, mb,
-                           y + m0 * out_);
-      }
-    });
-  }
+        block_i8_scalar(G, b, tab, s[m], y + m * out);
+      },
+      [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+        const auto lo = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r0 * in);
+        const auto hi = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r1 * in);
+        for (auto it = lo; it != hi; ++it)
+          detail::add_anchor(anchor_delta_[it - anchor_index_.begin()], *it / in, *it % in, in, out, nullptr,
+                             q + m0 * in, s + m0, mb, y + m0 * out);
+      });
   (void)avx;
 }
 
@@ -430,37 +457,28 @@ void RepackedMatrix::gemv_f32(const float* x, int64_t M, float* y, int threads, 
   const bool avx = pick_avx2(impl);
   const bool binary = quant_ == PackedQuant::binary;
   const Geometry G{binary, out_, in_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
-  const int64_t tab_floats = in_ / cols_per_index(binary) * 16;
-  float* tabs = scratch<float>(static_cast<size_t>(std::min(M, kMChunk) * tab_floats));
-  for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
-    const int64_t mb = std::min(kMChunk, M - m0);
-    for (int64_t m = 0; m < mb; ++m) {
+  const int64_t in = in_, out = out_;
+  lut_driver<float>(
+      M, blocks_, out_, in_ / cols_per_index(binary) * 16, threads,
+      [&](int64_t m, float* tab) {
 #ifdef BF_X86
-      if (avx)
-        tables_f32_avx2(binary, x + (m0 + m) * in_, in_, tabs + m * tab_floats);
-      else
+        if (avx) return tables_f32_avx2(binary, x + m * in, in, tab);
 #endif
-        tables_f32_scalar(binary, x + (m0 + m) * in_, in_, tabs + m * tab_floats);
-    }
-    detail::for_chunks(blocks_, threads, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t m = 0; m < mb; ++m) {
+        tables_f32_scalar(binary, x + m * in, in, tab);
+      },
+      [&](int64_t b, int64_t m, const float* tab) {
 #ifdef BF_X86
-          if (avx)
-            block_f32_avx2(G, b, tabs + m * tab_floats, y + (m0 + m) * out_);
-          else
+        if (avx) return block_f32_avx2(G, b, tab, y + m * out);
 #endif
-            block_f32_scalar(G, b, tabs + m * tab_floats, y + (m0 + m) * out_);
-        }
-      const auto lo = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), b0 * kRows * in_);
-      const auto hi = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), std::min(b1 * kRows, out_) * in_);
-      for (auto it = lo; it != hi; ++it) {
-        const int64_t k = it - anchor_index_.begin();
-        detail::add_anchor(anchor_delta_[k], *it / in_, *it % in_, in_, out_, x + m0 * in_, nullptr, nullptr, mb,
-                           y + m0 * out_);
-      }
-    });
-  }
+        block_f32_scalar(G, b, tab, y + m * out);
+      },
+      [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+        const auto lo = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r0 * in);
+        const auto hi = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r1 * in);
+        for (auto it = lo; it != hi; ++it)
+          detail::add_anchor(anchor_delta_[it - anchor_index_.begin()], *it / in, *it % in, in, out, x + m0 * in,
+                             nullptr, nullptr, mb, y + m0 * out);
+      });
   (void)avx;
 }
 
