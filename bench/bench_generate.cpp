@@ -5,7 +5,8 @@
 // Tokens are random ids (seeded), as llama-bench uses; each test runs once as warm-up, then --reps times; the
 // mean and standard deviation of tokens/s are printed, and one JSON line per test for scripts.
 //
-//   usage: bench_generate MODEL.packed.safetensors [-p P] [-n N] [-t THREADS] [-r REPS]
+//   usage: bench_generate MODEL.packed.safetensors [-p P] [-n N] [-t THREADS] [-r REPS] [-a ACTIVATION_BITS]
+// -a 8 runs A16 layers with per-token int8 activations (PackedRuntime::open's activation_bits), as llama.cpp does.
 #include <ATen/Parallel.h>
 
 #include <chrono>
@@ -22,25 +23,26 @@ namespace rt = bitforge::runtime;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s MODEL.packed.safetensors [-p P] [-n N] [-t THREADS] [-r REPS]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL.packed.safetensors [-p P] [-n N] [-t THREADS] [-r REPS] [-a 0|8]\n", argv[0]);
     return 2;
   }
   const std::string path = argv[1];
   int64_t P = 128, N = 128;
-  int threads = at::get_num_threads(), reps = 5;
+  int threads = at::get_num_threads(), reps = 5, act_bits = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "-p") P = std::atoll(argv[i + 1]);
     else if (a == "-n") N = std::atoll(argv[i + 1]);
     else if (a == "-t") threads = std::atoi(argv[i + 1]);
     else if (a == "-r") reps = std::atoi(argv[i + 1]);
+    else if (a == "-a") act_bits = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
   }
   at::set_num_threads(threads);
-  auto model = rt::PackedRuntime::open(path, threads);
+  auto model = rt::PackedRuntime::open(path, threads, act_bits);
   const auto& cfg = model->config();
   if (P + 1 > cfg.max_position_embeddings || N > cfg.max_position_embeddings) {
     std::fprintf(stderr, "P and N must fit max_position_embeddings = %lld\n",
@@ -65,9 +67,10 @@ int main(int argc, char** argv) {
     double mean = 0, var = 0;
     for (double v : tps) mean += v / tps.size();
     for (double v : tps) var += (v - mean) * (v - mean) / std::max<size_t>(1, tps.size() - 1);
-    std::printf("%-6s %4d threads  %10.1f ± %.1f tokens/s\n", name.c_str(), threads, mean, std::sqrt(var));
-    std::printf("{\"test\": \"%s\", \"threads\": %d, \"tokens_per_s\": %.3f, \"stddev\": %.3f}\n", name.c_str(), threads,
-                mean, std::sqrt(var));
+    std::printf("%-6s %4d threads  %10.1f ± %.1f tokens/s%s\n", name.c_str(), threads, mean, std::sqrt(var),
+                act_bits ? "  (int8 activations)" : "");
+    std::printf("{\"test\": \"%s\", \"threads\": %d, \"activation_bits\": %d, \"tokens_per_s\": %.3f, \"stddev\": %.3f}\n",
+                name.c_str(), threads, act_bits, mean, std::sqrt(var));
   };
   if (P > 0) {
     std::vector<int32_t> prompt(P);

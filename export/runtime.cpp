@@ -49,7 +49,7 @@ kernels::PackedMatrixView view_of(const formats::PackedLayer& L) {
 }
 
 /// Products of fewer multiply-adds than this (rows of x × weights) run on one thread: a fork/join costs more.
-constexpr int64_t kParallelMinMacs = int64_t(1) << 20;
+constexpr int64_t kParallelMinMacs = int64_t(1) << 22;
 int threads_for(int64_t macs, int threads) { return macs < kParallelMinMacs ? 1 : threads; }
 
 /// A dense (unquantized) weight matrix [out, in], kept in its file dtype when that is bf16 (exactly widened to fp32
@@ -100,8 +100,8 @@ struct Linear {
   int64_t out = 0, in = 0;
 
   /// y [M, out] = this(x [M, in]). scratch: reused buffers.
-  void forward(const float* x, int64_t M, float* y, int threads, std::vector<float>& xn, std::vector<int8_t>& q,
-               std::vector<float>& s) const {
+  void forward(const float* x, int64_t M, float* y, int threads, int force_bits, std::vector<float>& xn,
+               std::vector<int8_t>& q, std::vector<float>& s) const {
     if (!norm_w.empty()) {  // BitLinear's input RMSNorm
       xn.resize(static_cast<size_t>(M * in));
       rms_norm(x, norm_w.data(), M, in, norm_eps, xn.data());
@@ -113,10 +113,10 @@ struct Linear {
       return;
     }
     const int t = threads_for(M * out * in, threads);
-    if (act_bits) {
+    if (const int bits = act_bits ? act_bits : force_bits) {
       q.resize(static_cast<size_t>(M * in));
       s.resize(static_cast<size_t>(M));
-      kernels::quantize_activations_per_token(x, M, in, act_bits, q.data(), s.data());
+      kernels::quantize_activations_per_token(x, M, in, bits, q.data(), s.data());
       if (lut)
         lut->gemv_i8(q.data(), s.data(), M, y, t);
       else
@@ -152,6 +152,7 @@ struct PackedRuntime::Impl {
   std::string quant_text;
   nlohmann::json layer_meta;
   int threads = 0;
+  int force_act_bits = 0;  // see PackedRuntime::open
   Dense embed;  // [V, H] (dense embedding) or undefined
   bool embed_packed = false;
   kernels::PackedMatrixView embed_view;
@@ -347,7 +348,9 @@ struct PackedRuntime::Impl {
 
   void reset() { pos = 0; }  // cache entries at or beyond pos are never read
 
-  void lin(const Linear& L, const float* x, int64_t M, float* y) { L.forward(x, M, y, threads, lx, lq, ls); }
+  void lin(const Linear& L, const float* x, int64_t M, float* y) {
+    L.forward(x, M, y, threads, L.packed ? force_act_bits : 0, lx, lq, ls);
+  }
 
   /// RoPE (rotate-half) on rows of heads × hd at position p: x' = x·cos + swap(x)·sin_signed.
   void rope(float* x, int64_t heads, int64_t p) const {
@@ -489,9 +492,13 @@ struct PackedRuntime::Impl {
 PackedRuntime::PackedRuntime() : impl_(std::make_unique<Impl>()) {}
 PackedRuntime::~PackedRuntime() = default;
 
-std::unique_ptr<PackedRuntime> PackedRuntime::open(const std::string& path, int threads) {
+std::unique_ptr<PackedRuntime> PackedRuntime::open(const std::string& path, int threads, int activation_bits) {
+  if (activation_bits != 0 && activation_bits != 8)
+    throw std::invalid_argument("packed runtime: activation_bits must be 0 (as exported) or 8, got " +
+                                std::to_string(activation_bits));
   std::unique_ptr<PackedRuntime> rt(new PackedRuntime());
   rt->impl_->threads = threads;
+  rt->impl_->force_act_bits = activation_bits;
   rt->impl_->load(path);
   return rt;
 }

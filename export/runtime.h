@@ -13,7 +13,8 @@
 // relu2, SubLN, final norm, LM head. It follows trainer/model.h operation for operation; logits match the
 // Transformer's forward to fp32 rounding (tests/trainer_export_runtime_test.cpp checks 1e-4 relative, and
 // tests/export_runtime_test.cpp an independent LibTorch decoder).
-// Products of fewer than 2^20 multiply-adds run on one thread (a fork/join costs more than they take).
+// Products of fewer than 2^22 multiply-adds run on one thread (a fork/join, with its wake-up of sleeping OpenMP
+// workers, costs more than they take; measured on the default model: see bench_generate).
 // Not thread-safe: one PackedRuntime per thread. `threads` is the packed GEMV's thread count (0 = at::get_num_threads()).
 // Errors: open() throws formats::FormatError for a malformed / non-packed file or a config it cannot run;
 // logits()/step() throw std::invalid_argument for a token outside [0, V) or a sequence longer than
@@ -44,7 +45,11 @@ struct GenerationOptions {
 
 class PackedRuntime {
  public:
-  static std::unique_ptr<PackedRuntime> open(const std::string& path, int threads = 0);
+  /// activation_bits: 0 runs every layer as exported (A16 layers with fp32 activations, exact to the checkpoint);
+  /// 8 quantizes the input of every A16 packed layer per token to int8 (BitNet absmax, as A8 layers do) — the class
+  /// of numerics llama.cpp uses for Q1_0/TQ2_0 (it quantizes activations to q8_0), for speed, at a small cost in
+  /// fidelity that `bitforge eval --activation-bits 8` measures. Layers exported with A8/A4 keep theirs.
+  static std::unique_ptr<PackedRuntime> open(const std::string& path, int threads = 0, int activation_bits = 0);
   ~PackedRuntime();
 
   /// Logits [T, V] fp32 for a whole sequence (resets the KV cache first, leaves it holding the sequence).

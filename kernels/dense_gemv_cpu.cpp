@@ -110,24 +110,29 @@ void gemv(const T* W, int64_t out, int64_t in, const float* x, int64_t M, const 
   if (impl == GemvImpl::avx2 && !cpu_has_avx2())
     throw std::invalid_argument("dense_gemv: AVX2 path requested but the CPU lacks AVX2/FMA");
   const bool avx = impl != GemvImpl::scalar && cpu_has_avx2();
+  // Tiles of rows small enough to stay in L1/L2 while every row of x streams past them (a GEMM for M > 1).
+  const int64_t tile = std::max<int64_t>(8, (int64_t(32) << 10) / (in * int64_t(sizeof(T))));
   detail::for_chunks(out, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t m = 0; m < M; ++m) {
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const int64_t t1 = std::min(r1, t0 + tile);
+      for (int64_t m = 0; m < M; ++m) {
 #ifdef BF_X86
-      if (avx) {
-        const int64_t mb = std::min<int64_t>(4, M - m);
-        const float* xm = x + m * in;
-        float* ym = y + m * out;
-        switch (mb) {
-          case 1: rows_avx2<1>(W, in, out, xm, bias, ym, r0, r1); break;
-          case 2: rows_avx2<2>(W, in, out, xm, bias, ym, r0, r1); break;
-          case 3: rows_avx2<3>(W, in, out, xm, bias, ym, r0, r1); break;
-          default: rows_avx2<4>(W, in, out, xm, bias, ym, r0, r1); break;
+        if (avx) {
+          const int64_t mb = std::min<int64_t>(4, M - m);
+          const float* xm = x + m * in;
+          float* ym = y + m * out;
+          switch (mb) {
+            case 1: rows_avx2<1>(W, in, out, xm, bias, ym, t0, t1); break;
+            case 2: rows_avx2<2>(W, in, out, xm, bias, ym, t0, t1); break;
+            case 3: rows_avx2<3>(W, in, out, xm, bias, ym, t0, t1); break;
+            default: rows_avx2<4>(W, in, out, xm, bias, ym, t0, t1); break;
+          }
+          m += mb - 1;
+          continue;
         }
-        m += mb - 1;
-        continue;
-      }
 #endif
-      rows_scalar(W, in, x + m * in, bias, y + m * out, r0, r1);
+        rows_scalar(W, in, x + m * in, bias, y + m * out, t0, t1);
+      }
     }
   });
   (void)avx;

@@ -226,52 +226,70 @@ __attribute__((target("avx2"))) void tables_f32_avx2(bool binary, const float* x
   }
 }
 
-/// A8, one block of 32 rows, one activation row. tab: that row's tables.
+/// A8, NB consecutive blocks of 32 rows (NB = 1 or 2: two blocks share every table load), one activation row.
+/// tab: that row's tables. Per row the arithmetic does not depend on NB.
+template <int NB>
 __attribute__((target("avx2,f16c"))) void block_i8_avx2(const Geometry& G, int64_t b, const uint8_t* tab, float s,
                                                          float* y) {
-  const uint8_t* wb = G.codes + b * G.row_bytes * kRows;
-  const uint16_t* sb = G.scales + b * G.n_groups * kRows;
+  const uint8_t* wb[NB];
+  const uint16_t* sb[NB];
+  for (int j = 0; j < NB; ++j) {
+    wb[j] = G.codes + (b + j) * G.row_bytes * kRows;
+    sb[j] = G.scales + (b + j) * G.n_groups * kRows;
+  }
   const __m256i nib = _mm256_set1_epi8(0x0f);
-  __m256 tot[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 tot[NB][4];
+  for (int j = 0; j < NB; ++j)
+    for (int q = 0; q < 4; ++q) tot[j][q] = _mm256_setzero_ps();
   for (int64_t g = 0; g < G.n_groups; ++g) {
-    __m256i i32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                      _mm256_setzero_si256()};
+    __m256i i32[NB][4];
+    for (int j = 0; j < NB; ++j)
+      for (int q = 0; q < 4; ++q) i32[j][q] = _mm256_setzero_si256();
     const int64_t k0 = g * G.bytes_per_group, k1 = k0 + G.bytes_per_group;
     for (int64_t ks = k0; ks < k1; ks += kSegment) {
-      __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();  // rows [0-7|16-23], [8-15|24-31]
+      __m256i a0[NB], a1[NB];  // rows [0-7|16-23], [8-15|24-31] of each block
+      for (int j = 0; j < NB; ++j) a0[j] = a1[j] = _mm256_setzero_si256();
       const int64_t ke = std::min(ks + kSegment, k1);
       for (int64_t k = ks; k < ke; ++k) {
-        if (!(k & 1)) _mm_prefetch(reinterpret_cast<const char*>(wb + k * kRows + kPrefetch), _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + k * kRows));
-        const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
         const uint8_t* t = tab + k * 64;  // index groups 2k (t) and 2k + 1 (t + 32)
         const __m256i tl0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
         const __m256i th0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 16)));
         const __m256i tl1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 32)));
         const __m256i th1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 48)));
-        const __m256i l0 = _mm256_shuffle_epi8(tl0, lo), h0 = _mm256_shuffle_epi8(th0, lo);
-        const __m256i l1 = _mm256_shuffle_epi8(tl1, hi), h1 = _mm256_shuffle_epi8(th1, hi);
-        a0 = _mm256_add_epi16(a0, _mm256_add_epi16(_mm256_unpacklo_epi8(l0, h0), _mm256_unpacklo_epi8(l1, h1)));
-        a1 = _mm256_add_epi16(a1, _mm256_add_epi16(_mm256_unpackhi_epi8(l0, h0), _mm256_unpackhi_epi8(l1, h1)));
+        for (int j = 0; j < NB; ++j) {
+          if (!(k & 1)) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + k * kRows + kPrefetch), _MM_HINT_T0);
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[j] + k * kRows));
+          const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+          const __m256i l0 = _mm256_shuffle_epi8(tl0, lo), h0 = _mm256_shuffle_epi8(th0, lo);
+          const __m256i l1 = _mm256_shuffle_epi8(tl1, hi), h1 = _mm256_shuffle_epi8(th1, hi);
+          a0[j] = _mm256_add_epi16(a0[j], _mm256_add_epi16(_mm256_unpacklo_epi8(l0, h0), _mm256_unpacklo_epi8(l1, h1)));
+          a1[j] = _mm256_add_epi16(a1[j], _mm256_add_epi16(_mm256_unpackhi_epi8(l0, h0), _mm256_unpackhi_epi8(l1, h1)));
+        }
       }
-      i32[0] = _mm256_add_epi32(i32[0], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a0)));
-      i32[1] = _mm256_add_epi32(i32[1], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a1)));
-      i32[2] = _mm256_add_epi32(i32[2], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a0, 1)));
-      i32[3] = _mm256_add_epi32(i32[3], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a1, 1)));
+      for (int j = 0; j < NB; ++j) {
+        i32[j][0] = _mm256_add_epi32(i32[j][0], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a0[j])));
+        i32[j][1] = _mm256_add_epi32(i32[j][1], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a1[j])));
+        i32[j][2] = _mm256_add_epi32(i32[j][2], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a0[j], 1)));
+        i32[j][3] = _mm256_add_epi32(i32[j][3], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a1[j], 1)));
+      }
     }
-    for (int q = 0; q < 4; ++q) {
-      const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + g * kRows + 8 * q)));
-      tot[q] = _mm256_add_ps(tot[q], _mm256_mul_ps(_mm256_cvtepi32_ps(i32[q]), sc));
-    }
+    for (int j = 0; j < NB; ++j)
+      for (int q = 0; q < 4; ++q) {
+        const __m256 sc =
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb[j] + g * kRows + 8 * q)));
+        tot[j][q] = _mm256_add_ps(tot[j][q], _mm256_mul_ps(_mm256_cvtepi32_ps(i32[j][q]), sc));
+      }
   }
   const __m256 sv = _mm256_set1_ps(s);
-  const int64_t r0 = b * kRows, n = std::min<int64_t>(kRows, G.out - r0);
-  if (n == kRows) {
-    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(y + r0 + 8 * q, _mm256_div_ps(tot[q], sv));
-  } else {
-    alignas(32) float tmp[kRows];
-    for (int q = 0; q < 4; ++q) _mm256_store_ps(tmp + 8 * q, _mm256_div_ps(tot[q], sv));
-    std::copy(tmp, tmp + n, y + r0);
+  for (int j = 0; j < NB; ++j) {
+    const int64_t r0 = (b + j) * kRows, n = std::min<int64_t>(kRows, G.out - r0);
+    if (n == kRows) {
+      for (int q = 0; q < 4; ++q) _mm256_storeu_ps(y + r0 + 8 * q, _mm256_div_ps(tot[j][q], sv));
+    } else {
+      alignas(32) float tmp[kRows];
+      for (int q = 0; q < 4; ++q) _mm256_store_ps(tmp + 8 * q, _mm256_div_ps(tot[j][q], sv));
+      std::copy(tmp, tmp + n, y + r0);
+    }
   }
 }
 
@@ -399,8 +417,8 @@ void lut_driver(int64_t M, int64_t blocks, int64_t out, int64_t tab_len, int thr
     const int64_t mb = std::min(kMChunk, M - m0);
     if (build_tables)
       for (int64_t m = 0; m < mb; ++m) build(m0 + m, tabs + m * tab_len);
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m = 0; m < mb; ++m) block(b, m0 + m, tabs + m * tab_len);
+    for (int64_t b = b0; b < b1; b += 2)
+      for (int64_t m = 0; m < mb; ++m) block(b, std::min<int64_t>(2, b1 - b), m0 + m, tabs + m * tab_len);
     anchors(m0, mb, b0 * kRows, std::min(b1 * kRows, out));
   };
   const int64_t n_chunks = (M + kMChunk - 1) / kMChunk;
@@ -420,6 +438,15 @@ void lut_driver(int64_t M, int64_t blocks, int64_t out, int64_t tab_len, int thr
   }
 }
 
+/// The anchor corrections of rows [r0, r1) for mb activation rows (xf for A16, q/s for A8), in index order.
+void add_anchors(const std::vector<int64_t>& index, const std::vector<float>& delta, int64_t in, int64_t out,
+                 int64_t r0, int64_t r1, const float* xf, const int8_t* q, const float* s, int64_t mb, float* y) {
+  const auto lo = std::lower_bound(index.begin(), index.end(), r0 * in);
+  const auto hi = std::lower_bound(index.begin(), index.end(), r1 * in);
+  for (auto it = lo; it != hi; ++it)
+    detail::add_anchor(delta[it - index.begin()], *it / in, *it % in, in, out, xf, q, s, mb, y);
+}
+
 }  // namespace
 
 void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* y, int threads, GemvImpl impl) const {
@@ -436,18 +463,14 @@ void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* 
 #endif
         tables_i8_scalar(binary, q + m * in, in, tab);
       },
-      [&](int64_t b, int64_t m, const uint8_t* tab) {
+      [&](int64_t b, int64_t nb, int64_t m, const uint8_t* tab) {
 #ifdef BF_X86
-        if (avx) return block_i8_avx2(G, b, tab, s[m], y + m * out);
+        if (avx) return nb == 2 ? block_i8_avx2<2>(G, b, tab, s[m], y + m * out) : block_i8_avx2<1>(G, b, tab, s[m], y + m * out);
 #endif
-        block_i8_scalar(G, b, tab, s[m], y + m * out);
+        for (int64_t j = 0; j < nb; ++j) block_i8_scalar(G, b + j, tab, s[m], y + m * out);
       },
       [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
-        const auto lo = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r0 * in);
-        const auto hi = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r1 * in);
-        for (auto it = lo; it != hi; ++it)
-          detail::add_anchor(anchor_delta_[it - anchor_index_.begin()], *it / in, *it % in, in, out, nullptr,
-                             q + m0 * in, s + m0, mb, y + m0 * out);
+        add_anchors(anchor_index_, anchor_delta_, in, out, r0, r1, nullptr, q + m0 * in, s + m0, mb, y + m0 * out);
       });
   (void)avx;
 }
@@ -466,18 +489,19 @@ void RepackedMatrix::gemv_f32(const float* x, int64_t M, float* y, int threads, 
 #endif
         tables_f32_scalar(binary, x + m * in, in, tab);
       },
-      [&](int64_t b, int64_t m, const float* tab) {
+      [&](int64_t b, int64_t nb, int64_t m, const float* tab) {
+        for (int64_t j = 0; j < nb; ++j) {
 #ifdef BF_X86
-        if (avx) return block_f32_avx2(G, b, tab, y + m * out);
+          if (avx) {
+            block_f32_avx2(G, b + j, tab, y + m * out);
+            continue;
+          }
 #endif
-        block_f32_scalar(G, b, tab, y + m * out);
+          block_f32_scalar(G, b + j, tab, y + m * out);
+        }
       },
       [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
-        const auto lo = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r0 * in);
-        const auto hi = std::lower_bound(anchor_index_.begin(), anchor_index_.end(), r1 * in);
-        for (auto it = lo; it != hi; ++it)
-          detail::add_anchor(anchor_delta_[it - anchor_index_.begin()], *it / in, *it % in, in, out, x + m0 * in,
-                             nullptr, nullptr, mb, y + m0 * out);
+        add_anchors(anchor_index_, anchor_delta_, in, out, r0, r1, x + m0 * in, nullptr, nullptr, mb, y + m0 * out);
       });
   (void)avx;
 }

@@ -321,3 +321,28 @@ TEST(PackedRuntime, RejectsFilesItCannotRun) {
   }
   std::remove(path.c_str());
 }
+
+TEST(PackedRuntime, Int8ActivationModeEqualsAnA8ExportAndStaysClose) {
+  // The same weights exported A16 and A8 (the head stays dense): opening the A16 file with activation_bits = 8 must
+  // compute exactly what the A8 file computes, and stay close to the exact A16 logits.
+  auto s16 = tiny::tiny_spec();
+  auto s8 = s16;
+  s8.activation_bits = 8;
+  const auto m16 = tiny::tiny_model(s16, 21);
+  const auto m8 = tiny::tiny_model(s8, 21);
+  const std::string p16 = temp_path("a16.safetensors"), p8 = temp_path("a8.safetensors");
+  formats::export_packed(m16, p16);
+  formats::export_packed(m8, p8);
+  const auto tokens = tokens_for(24, s16.model.vocab_size, 3);
+  auto exact = runtime::PackedRuntime::open(p16, 1)->logits(tokens);
+  auto forced = runtime::PackedRuntime::open(p16, 1, 8)->logits(tokens);
+  auto a8 = runtime::PackedRuntime::open(p8, 1)->logits(tokens);
+  EXPECT_TRUE(torch::equal(forced, a8));
+  EXPECT_FALSE(torch::equal(forced, exact));
+  const auto kt = runtime::kl_and_top1(exact, forced);
+  std::printf("int8 activations vs exact: KL %.3g, top-1 %.3f\n", kt.mean_kl, kt.top1);
+  EXPECT_LT(kt.mean_kl, 1e-2);
+  EXPECT_THROW(runtime::PackedRuntime::open(p16, 1, 4), std::invalid_argument);
+  std::remove(p16.c_str());
+  std::remove(p8.c_str());
+}

@@ -365,9 +365,12 @@ int cmd_export(CommandContext& ctx, const std::string& checkpoint, const std::st
   return 0;
 }
 
-int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json) {
+int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json,
+             int activation_bits) {
+  if (activation_bits && !is_packed_file(model_path))
+    throw std::runtime_error("eval: --activation-bits applies to a packed .safetensors model, not to " + model_path);
   if (is_packed_file(model_path)) {
-    auto rt = runtime::PackedRuntime::open(model_path, static_cast<int>(ctx.config.train.threads));
+    auto rt = runtime::PackedRuntime::open(model_path, static_cast<int>(ctx.config.train.threads), activation_bits);
     auto p = ensure_data(ctx);
     if (rt->tokenizer_kind() != p.tokenizer->kind() ||
         std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()) != p.tokenizer->serialize())

@@ -21,7 +21,8 @@ int cmd_prepare_data(CommandContext& ctx);
 int cmd_train(CommandContext& ctx);
 int cmd_distill(CommandContext& ctx);
 int cmd_export(CommandContext& ctx, const std::string& checkpoint, const std::string& output);
-int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json);
+int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json,
+             int activation_bits = 0);
 int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::string& prompt, int64_t max_new_tokens,
                  double temperature, int64_t top_k, double top_p, uint64_t seed);
 int cmd_inspect(const std::string& path, bool json);

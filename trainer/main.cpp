@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
   ev->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")->required();
   ev->add_option("--reference", reference, "reference model for KL / top-1 agreement");
   ev->add_flag("--json", json, "print the result as JSON");
+  int eval_act_bits = 0;
+  ev->add_option("--activation-bits", eval_act_bits,
+                 "packed model only: 8 = run A16 layers with per-token int8 activations (llama.cpp-like speed mode)")
+      ->check(CLI::IsMember({0, 8}));
 
   std::string prompt;
   int64_t max_new = 64, top_k = 0;
@@ -112,7 +116,7 @@ int main(int argc, char** argv) {
     if (train->parsed()) return bitforge::cmd_train(ctx);
     if (distill->parsed()) return bitforge::cmd_distill(ctx);
     if (exp->parsed()) return bitforge::cmd_export(ctx, checkpoint, output);
-    if (ev->parsed()) return bitforge::cmd_eval(ctx, model_path, reference, json);
+    if (ev->parsed()) return bitforge::cmd_eval(ctx, model_path, reference, json, eval_act_bits);
     if (gen->parsed())
       return bitforge::cmd_generate(ctx, model_path, prompt, max_new, temperature, top_k, top_p, seed);
   } catch (const bitforge::ConfigError& e) {
