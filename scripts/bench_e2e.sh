@@ -5,7 +5,9 @@
 # P tokens; tg<N>: N decode steps), one table of tokens/s and ratios.
 #
 #   usage: scripts/bench_e2e.sh [RUN_DIR] [THREADS ...]      (default runs/default, threads "1 2")
-#   env:   P (default 128), N (default 128), REPS (default 5), BUILD_DIR (default build)
+#   env:   P (default 128), N (default 128), REPS (default 5), BUILD_DIR (default build),
+#          ACT_BITS (default 0: bitforge exact, as exported; 8: bitforge with per-token int8 activations, the class of
+#          numerics llama.cpp always uses for Q1_0 — it quantizes activations to q8_0)
 # Needs: the bench built (cmake --build build --target bench_generate) and llama.cpp's llama-bench
 # (LLAMA_TARGETS=llama-bench scripts/build_llama_cpp.sh). Run it on an otherwise idle machine.
 set -euo pipefail
@@ -15,7 +17,7 @@ RUN_DIR="${1:-runs/default}"
 shift || true
 THREADS=("$@")
 [[ ${#THREADS[@]} -gt 0 ]] || THREADS=(1 2)
-P="${P:-128}"; N="${N:-128}"; REPS="${REPS:-5}"; BUILD_DIR="${BUILD_DIR:-build}"
+P="${P:-128}"; N="${N:-128}"; REPS="${REPS:-5}"; BUILD_DIR="${BUILD_DIR:-build}"; ACT_BITS="${ACT_BITS:-0}"
 PACKED="$RUN_DIR/export/model.packed.safetensors"
 GGUF="$RUN_DIR/export/model.gguf"
 BENCH="$BUILD_DIR/bench/bench_generate"
@@ -32,14 +34,15 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 for t in "${THREADS[@]}"; do
   echo "[bench_e2e] threads $t: bitforge packed runtime" >&2
-  "$BENCH" "$PACKED" -p "$P" -n "$N" -t "$t" -r "$REPS" | grep '^{' >"$tmp/bf_$t.jsonl"
+  "$BENCH" "$PACKED" -p "$P" -n "$N" -t "$t" -r "$REPS" -a "$ACT_BITS" | grep '^{' >"$tmp/bf_$t.jsonl"
   echo "[bench_e2e] threads $t: llama.cpp llama-bench" >&2
   "$LLAMA_BENCH" -m "$GGUF" -p "$P" -n "$N" -t "$t" -r "$REPS" -o json >"$tmp/ll_$t.json" 2>"$tmp/ll_$t.err" \
     || { cat "$tmp/ll_$t.err" >&2; die "llama-bench failed"; }
 done
-"$PY" - "$tmp" "$P" "$N" "${THREADS[@]}" <<'PYEOF'
+"$PY" - "$tmp" "$P" "$N" "$ACT_BITS" "${THREADS[@]}" <<'PYEOF'
 import json, sys, os
-tmp, P, N, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+tmp, P, N, act, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+print("bitforge activations:", "per-token int8 (speed mode)" if act else "as exported (exact)")
 print(f"{'test':<8} {'threads':>7} {'bitforge tok/s':>18} {'llama.cpp tok/s':>18} {'ratio':>7}")
 for t in threads:
     bf = {}
