@@ -10,7 +10,10 @@
 # dmon.txt tiny.log tiny_compare.txt).
 #   scripts/device_train_bench.sh OUT_DIR [STEPS=20]
 # From the development machine: scripts/device_fetch_debs.sh once, then the device tool's run with carry [".deb"],
-# timeout_s <= 560 and the command `bash scripts/device_train_bench.sh $OUT 20`.
+# timeout_s <= 560 and the command `bash scripts/device_train_bench.sh $OUT 30` (95 s on the H100 machine on
+# 2026-11-23, build 57 s included, cold start aside). To build the last commit rather than a working tree with
+# someone's uncommitted edits: `git archive HEAD | tar -x -C .src` into a folder .git/info/exclude ignores, carry
+# [".deb", ".src"], and run `ln -sfn "$PWD/.deb" .src/.deb && cd .src && bash scripts/device_train_bench.sh $OUT 30`.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out="$(mkdir -p "${1:?OUT_DIR}" && cd "$1" && pwd)"
