@@ -96,6 +96,19 @@ std::vector<float> rand_x(int64_t n, uint32_t seed) {
   return x;
 }
 
+/// Random activations for M rows, quantized per token (bits), and the unpack reference's A8 result for them.
+struct QuantizedCase {
+  std::vector<int8_t> q;
+  std::vector<float> s, ref;
+};
+QuantizedCase quantized_reference(const bk::PackedMatrixView& w, int64_t M, int bits, uint32_t seed) {
+  auto x = rand_x(M * w.in, seed);
+  QuantizedCase c{std::vector<int8_t>(M * w.in), std::vector<float>(M), std::vector<float>(M * w.out)};
+  bk::quantize_activations_per_token(x.data(), M, w.in, bits, c.q.data(), c.s.data());
+  bk::packed_gemv_i8_reference(w, c.q.data(), c.s.data(), M, c.ref.data());
+  return c;
+}
+
 struct Shape {
   bk::PackedQuant quant;
   int64_t out, in, gs;
@@ -128,12 +141,7 @@ TEST(PackedGemv, A8BitExactAgainstReferenceAllPathsThreadsAndBatch) {
     auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
     for (int bits : {8, 4}) {
       for (int64_t M : {1, 3, 8, 9}) {
-        auto x = rand_x(M * sh.in, seed++);
-        std::vector<int8_t> q(M * sh.in);
-        std::vector<float> s(M);
-        bk::quantize_activations_per_token(x.data(), M, sh.in, bits, q.data(), s.data());
-        std::vector<float> ref(M * sh.out);
-        bk::packed_gemv_i8_reference(p.view, q.data(), s.data(), M, ref.data());
+        const auto [q, s, ref] = quantized_reference(p.view, M, bits, seed++);
         std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar, bk::GemvImpl::automatic};
         for (auto impl : impls)
           for (int threads = 1; threads <= 4; ++threads) {
@@ -263,12 +271,7 @@ TEST(RepackedMatrix, A8BitExactAgainstUnpackReferenceAllPathsThreadsAndBatch) {
     const bk::RepackedMatrix R(p.view);
     for (int bits : {8, 4}) {
       for (int64_t M : {1, 3, 9}) {
-        auto x = rand_x(M * sh.in, seed++);
-        std::vector<int8_t> q(M * sh.in);
-        std::vector<float> s(M);
-        bk::quantize_activations_per_token(x.data(), M, sh.in, bits, q.data(), s.data());
-        std::vector<float> ref(M * sh.out);
-        bk::packed_gemv_i8_reference(p.view, q.data(), s.data(), M, ref.data());
+        const auto [q, s, ref] = quantized_reference(p.view, M, bits, seed++);
         std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar};
         if (bk::cpu_has_avx2()) impls.push_back(bk::GemvImpl::avx2);
         for (auto impl : impls)
