@@ -297,7 +297,6 @@ int main(int argc, char** argv) {
       };
       std::vector<Row> rows;
       {  // bitforge LUT A8 / A16, row-wise A8
-        int i = 0;
         const double a8c = median_us([&] { for (auto& r : R) r->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
         const double a8w = median_us([&] { R[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
         rows.push_back({"bitforge LUT A8", a8c, a8w, bytes, maxdiff(y.data())});
@@ -312,7 +311,6 @@ int main(int argc, char** argv) {
         const double rc = median_us([&] { for (auto& v : views) bk::packed_gemv_i8(v.v, q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
         const double rw = median_us([&] { bk::packed_gemv_i8(p.v, q.data(), &s, 1, y.data(), threads); }, min_ms);
         rows.push_back({"rowwise A8", rc, rw, bytes, maxdiff(y.data())});
-        (void)i;
       }
       double llama_cold = 0;
 #ifdef BITFORGE_WITH_GGML

@@ -58,7 +58,6 @@ struct Dense {
   int64_t out = 0, in = 0;
   std::shared_ptr<const std::vector<uint16_t>> bf16;  // shared: a tied head reuses the embedding's storage
   std::shared_ptr<const std::vector<float>> f32;
-  bool defined() const { return out > 0; }
   int64_t bytes() const { return bf16 ? int64_t(bf16->size()) * 2 : (f32 ? int64_t(f32->size()) * 4 : 0); }
   void gemv(const float* x, int64_t M, const float* bias, float* y, int threads) const {
     const int t = threads_for(M * out * in, threads);

@@ -62,11 +62,6 @@ __attribute__((noinline)) float combine_i8(const int32_t* isum, const float* sc,
   return acc / s;
 }
 
-template <class F>
-void for_row_chunks(int64_t out, int threads, const F& f) {
-  detail::for_chunks(out, threads, f);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // scalar paths
 // ---------------------------------------------------------------------------------------------------------
@@ -390,7 +385,7 @@ void packed_gemv_f32(const PackedMatrixView& w, const float* x, int64_t M, float
   check_view(w);
   if (M < 1 || !x || !y) throw std::invalid_argument("packed_gemv_f32: M must be >= 1 and x, y non-null");
   const bool avx = use_avx2(w, false, impl);
-  for_row_chunks(w.out, threads, [&](int64_t r0, int64_t r1) {
+  detail::for_chunks(w.out, threads, [&](int64_t r0, int64_t r1) {
 #ifdef BF_X86
     if (avx)
       f32_rows_avx2(w, x, M, y, r0, r1);
@@ -407,7 +402,7 @@ void packed_gemv_i8(const PackedMatrixView& w, const int8_t* q, const float* s, 
   check_view(w);
   if (M < 1 || !q || !s || !y) throw std::invalid_argument("packed_gemv_i8: M must be >= 1 and q, s, y non-null");
   const bool avx = use_avx2(w, true, impl);
-  for_row_chunks(w.out, threads, [&](int64_t r0, int64_t r1) {
+  detail::for_chunks(w.out, threads, [&](int64_t r0, int64_t r1) {
 #ifdef BF_X86
     if (avx)
       i8_rows_avx2(w, q, s, M, y, r0, r1);

@@ -33,8 +33,7 @@ constexpr int64_t kPrefetch = BF_LUT_PREFETCH;  // bytes ahead in the weight str
 
 /// Everything a block kernel needs, flattened from the RepackedMatrix.
 struct Geometry {
-  bool binary;
-  int64_t out, in, row_bytes, n_groups, bytes_per_group;  // bytes_per_group = group_size / columns per byte
+  int64_t out, row_bytes, n_groups, bytes_per_group;  // bytes_per_group = group_size / columns per byte
   const uint8_t* codes;
   const uint16_t* scales;
 };
@@ -453,7 +452,7 @@ void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* 
   if (M < 1 || !q || !s || !y) throw std::invalid_argument("RepackedMatrix::gemv_i8: M must be >= 1 and q, s, y non-null");
   const bool avx = pick_avx2(impl);
   const bool binary = quant_ == PackedQuant::binary;
-  const Geometry G{binary, out_, in_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
+  const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   const int64_t in = in_, out = out_;
   lut_driver<uint8_t>(
       M, blocks_, out_, in_ / cols_per_index(binary) * 32, threads,
@@ -479,7 +478,7 @@ void RepackedMatrix::gemv_f32(const float* x, int64_t M, float* y, int threads, 
   if (M < 1 || !x || !y) throw std::invalid_argument("RepackedMatrix::gemv_f32: M must be >= 1 and x, y non-null");
   const bool avx = pick_avx2(impl);
   const bool binary = quant_ == PackedQuant::binary;
-  const Geometry G{binary, out_, in_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
+  const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   const int64_t in = in_, out = out_;
   lut_driver<float>(
       M, blocks_, out_, in_ / cols_per_index(binary) * 16, threads,

@@ -4,7 +4,6 @@
 #include "export/model_export.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -13,6 +12,7 @@
 
 #include "export/gguf.h"
 #include "export/inspect.h"
+#include "tests/fixtures/export/test_util.h"
 #include "tests/fixtures/export/tiny_model.h"
 
 using namespace bitforge;
@@ -20,15 +20,10 @@ using namespace bitforge::formats;
 
 namespace {
 
+/// A file in this test binary's temporary directory (removed, with anything left in it, at exit).
 std::string temp_path(const std::string& name) {
-  static std::string dir;
-  if (dir.empty()) {
-    char tmpl[] = "/tmp/bitforge_model_export_XXXXXX";
-    const char* d = mkdtemp(tmpl);
-    dir = d ? d : "/tmp";
-    if (d) std::atexit(+[] { ::rmdir(dir.c_str()); });  // tests remove their files; the folder goes at exit
-  }
-  return dir + "/" + name;
+  static const test::TempDir dir;
+  return dir.file(name);
 }
 
 std::vector<float> effective(const ExportLayer& L) {

@@ -7,7 +7,6 @@
 #include "export/runtime.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -15,6 +14,7 @@
 #include <fstream>
 
 #include "export/model_export.h"
+#include "tests/fixtures/export/test_util.h"
 #include "tests/fixtures/export/tiny_model.h"
 
 using namespace bitforge;
@@ -22,15 +22,10 @@ using bitforge::tiny::TinySpec;
 
 namespace {
 
+/// A file in this test binary's temporary directory (removed, with anything left in it, at exit).
 std::string temp_path(const std::string& name) {
-  static std::string dir;
-  if (dir.empty()) {
-    char tmpl[] = "/tmp/bitforge_runtime_XXXXXX";
-    const char* d = mkdtemp(tmpl);
-    dir = d ? d : "/tmp";
-    if (d) std::atexit(+[] { ::rmdir(dir.c_str()); });  // tests remove their files; the folder goes at exit
-  }
-  return dir + "/" + name;
+  static const test::TempDir dir;
+  return dir.file(name);
 }
 
 torch::Tensor vec_tensor(const std::vector<float>& v, std::vector<int64_t> shape) {

@@ -6,7 +6,6 @@
 // packed runtime's logits equal Transformer::forward's within 1e-4 of max|logit|, perplexity within 1e-4
 // relative, and step-by-step KV-cache decoding equals the full-sequence logits.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -19,20 +18,16 @@
 #include "export/runtime.h"
 #include "export/transformer_export.h"
 #include "trainer/model.h"
+#include "tests/fixtures/export/test_util.h"
 
 using namespace bitforge;
 
 namespace {
 
+/// A file in this test binary's temporary directory (removed, with anything left in it, at exit).
 std::string temp_path(const std::string& name) {
-  static std::string dir;
-  if (dir.empty()) {
-    char tmpl[] = "/tmp/bitforge_export_rt_XXXXXX";
-    const char* d = mkdtemp(tmpl);
-    dir = d ? d : "/tmp";
-    if (d) std::atexit(+[] { ::rmdir(dir.c_str()); });  // tests remove their files; the folder goes at exit
-  }
-  return dir + "/" + name;
+  static const test::TempDir dir;
+  return dir.file(name);
 }
 
 struct Case {
