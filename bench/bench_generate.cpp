@@ -1,6 +1,7 @@
 // End-to-end speed of the packed CPU runtime (export/runtime.h), measured the way llama.cpp's llama-bench measures
 // (so scripts/bench_e2e.sh can put both side by side on the same model, machine and thread count):
-//   pp<P>: one forward pass over P prompt tokens from an empty KV cache (prompt processing), tokens/s = P / time;
+//   pp<P>: one forward pass over P prompt tokens from an empty KV cache (prompt processing: PackedRuntime::prefill,
+//          which computes the last token's logits only, as llama-bench's llama_batch_get_one does), tokens/s = P / time;
 //   tg<N>: N single-token decode steps from an empty cache (token generation), tokens/s = N / time.
 // Tokens are random ids (seeded), as llama-bench uses; each test runs once as warm-up, then --reps times; the
 // mean and standard deviation of tokens/s are printed, and one JSON line per test for scripts.
@@ -75,7 +76,10 @@ int main(int argc, char** argv) {
   if (P > 0) {
     std::vector<int32_t> prompt(P);
     for (auto& t : prompt) t = tok(rng);
-    run("pp" + std::to_string(P), P, [&] { model->logits(prompt); });
+    run("pp" + std::to_string(P), P, [&] {  // like llama-bench: the prompt's last logits only
+      model->reset();
+      model->prefill(prompt);
+    });
   }
   if (N > 0) {
     const int32_t first = tok(rng);

@@ -366,8 +366,12 @@ struct PackedRuntime::Impl {
     }
   }
 
-  /// Logits [T, V] for tokens appended at positions pos..pos+T-1 (plain loops + the packed/dense GEMV kernels).
-  torch::Tensor forward(const std::vector<int32_t>& tokens) {
+  /// Logits for tokens appended at positions pos..pos+T-1 (plain loops + the packed/dense GEMV kernels): [T, V], or
+  /// with last_only [1, V] for the last token alone. last_only does what llama.cpp does for a prompt whose earlier
+  /// logits are not wanted (and a little more): the last layer computes K and V for every token (the cache needs
+  /// them) but its query, attention, output projection and MLP only for the last token, and the final norm and head
+  /// run on one row. Every per-row operation is the same as in the full pass, so the logits are bit-identical.
+  torch::Tensor forward(const std::vector<int32_t>& tokens, bool last_only = false) {
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int64_t V = cfg.vocab_size, H = cfg.hidden_size, I = cfg.intermediate_size;
     if (T < 1) throw std::invalid_argument("packed runtime: empty token sequence");
@@ -392,19 +396,23 @@ struct PackedRuntime::Impl {
         embed.row(tokens[i], h.data() + i * H);
     }
     const float scale = static_cast<float>(1.0 / std::sqrt(double(hd)));
-    for (auto& l : layers) {
+    int64_t t0 = 0;  // first token whose output this layer computes (T - 1 in the last layer under last_only)
+    for (size_t li = 0; li < layers.size(); ++li) {
+      auto& l = layers[li];
+      if (last_only && li + 1 == layers.size()) t0 = T - 1;
+      const int64_t R = T - t0;  // rows of output
       rms_norm(h.data(), l.attn_norm.data(), T, H, eps, xn.data());
-      lin(l.q, xn.data(), T, qb.data());
+      lin(l.q, xn.data() + t0 * H, R, qb.data() + t0 * nh * hd);
       lin(l.k, xn.data(), T, kb.data());
       lin(l.v, xn.data(), T, vb.data());
       for (int64_t t = 0; t < T; ++t) {
         float* q = qb.data() + t * nh * hd;
         float* k = kb.data() + t * kvh * hd;
         if (!l.q_norm.empty()) {
-          rms_norm(q, l.q_norm.data(), nh, hd, eps, q);
+          if (t >= t0) rms_norm(q, l.q_norm.data(), nh, hd, eps, q);
           rms_norm(k, l.k_norm.data(), kvh, hd, eps, k);
         }
-        rope(q, nh, pos + t);
+        if (t >= t0) rope(q, nh, pos + t);
         rope(k, kvh, pos + t);
         for (int64_t g = 0; g < kvh; ++g) {
           std::memcpy(l.k_cache.data() + (g * Pmax + pos + t) * hd, k + g * hd, static_cast<size_t>(hd) * 4);
@@ -435,37 +443,42 @@ struct PackedRuntime::Impl {
           for (int64_t j = 0; j < n; ++j) kernels::axpy_f32(o, sc[j] * inv, vc + j * hd, hd);
         }
       };
-      const int64_t attn_macs = T * nh * (pos + (T + 1) / 2) * hd * 2;
+      const int64_t attn_macs = R * nh * (pos + t0 + (R + 1) / 2) * hd * 2;
       if (threads_for(attn_macs, threads) > 1)
-        at::parallel_for(0, T * nh, 1, attend);
+        at::parallel_for(t0 * nh, T * nh, 1, attend);
       else
-        attend(0, T * nh);
-      if (!l.attn_sub_norm.empty()) rms_norm(att.data(), l.attn_sub_norm.data(), T, nh * hd, eps, att.data());
-      lin(l.o, att.data(), T, tmp.data());
-      for (int64_t i = 0; i < T * H; ++i) h[i] += tmp[i];
-      rms_norm(h.data(), l.ffn_norm.data(), T, H, eps, xn.data());
+        attend(t0 * nh, T * nh);
+      if (t0 > 0) {  // from here on only the output rows: move them to the front of the activations
+        std::memmove(att.data(), att.data() + t0 * nh * hd, static_cast<size_t>(R * nh * hd) * 4);
+        std::memmove(h.data(), h.data() + t0 * H, static_cast<size_t>(R * H) * 4);
+      }
+      if (!l.attn_sub_norm.empty()) rms_norm(att.data(), l.attn_sub_norm.data(), R, nh * hd, eps, att.data());
+      lin(l.o, att.data(), R, tmp.data());
+      for (int64_t i = 0; i < R * H; ++i) h[i] += tmp[i];
+      rms_norm(h.data(), l.ffn_norm.data(), R, H, eps, xn.data());
       if (l.has_gate) {
-        lin(l.gate, xn.data(), T, gb.data());
-        lin(l.up, xn.data(), T, ub.data());
-        for (int64_t i = 0; i < T * I; ++i) {
+        lin(l.gate, xn.data(), R, gb.data());
+        lin(l.up, xn.data(), R, ub.data());
+        for (int64_t i = 0; i < R * I; ++i) {
           const float g = gb[i];
           ub[i] = g / (1.f + std::exp(-g)) * ub[i];
         }
       } else {
-        lin(l.up, xn.data(), T, ub.data());
-        for (int64_t i = 0; i < T * I; ++i) {
+        lin(l.up, xn.data(), R, ub.data());
+        for (int64_t i = 0; i < R * I; ++i) {
           const float r = std::max(ub[i], 0.f);
           ub[i] = r * r;
         }
       }
-      if (!l.mlp_sub_norm.empty()) rms_norm(ub.data(), l.mlp_sub_norm.data(), T, I, eps, ub.data());
-      lin(l.down, ub.data(), T, tmp.data());
-      for (int64_t i = 0; i < T * H; ++i) h[i] += tmp[i];
+      if (!l.mlp_sub_norm.empty()) rms_norm(ub.data(), l.mlp_sub_norm.data(), R, I, eps, ub.data());
+      lin(l.down, ub.data(), R, tmp.data());
+      for (int64_t i = 0; i < R * H; ++i) h[i] += tmp[i];
     }
     pos += T;
-    rms_norm(h.data(), final_norm.data(), T, H, eps, xn.data());
-    auto logits = torch::empty({T, V}, torch::kFloat);
-    lin(head, xn.data(), T, logits.data_ptr<float>());
+    const int64_t R = T - t0;
+    rms_norm(h.data(), final_norm.data(), R, H, eps, xn.data());
+    auto logits = torch::empty({R, V}, torch::kFloat);
+    lin(head, xn.data(), R, logits.data_ptr<float>());
     return logits;
   }
 
@@ -507,6 +520,9 @@ torch::Tensor PackedRuntime::logits(const std::vector<int32_t>& tokens) {
   return impl_->forward(tokens);
 }
 torch::Tensor PackedRuntime::append(const std::vector<int32_t>& tokens) { return impl_->forward(tokens); }
+torch::Tensor PackedRuntime::prefill(const std::vector<int32_t>& tokens) {
+  return impl_->forward(tokens, /*last_only=*/true).squeeze(0);
+}
 torch::Tensor PackedRuntime::step(int32_t token) { return impl_->forward({token}).squeeze(0); }
 void PackedRuntime::reset() { impl_->reset(); }
 int64_t PackedRuntime::position() const { return impl_->pos; }
@@ -522,8 +538,7 @@ std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt,
   if (prompt.empty()) throw std::invalid_argument("generate: empty prompt");
   std::mt19937_64 rng(o.seed);
   reset();
-  auto lg = impl_->forward(prompt);
-  torch::Tensor next = lg[lg.size(0) - 1];
+  torch::Tensor next = prefill(prompt);
   std::vector<int32_t> out;
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {
     const int32_t t = sample_token(next, o, rng);

@@ -58,6 +58,11 @@ class PackedRuntime {
   torch::Tensor step(int32_t token);
   /// Appends several tokens (prefill) and returns their logits [T, V].
   torch::Tensor append(const std::vector<int32_t>& tokens);
+  /// Appends several tokens (a prompt) and returns the LAST token's next-token logits [V] only — bit-identical to
+  /// append(tokens)[T-1], leaving the same KV cache, with less work: the last layer's query, attention, output
+  /// projection and MLP and the head run for the last token alone (llama.cpp computes only the requested logits
+  /// the same way). generate() and bench_generate's pp test use it. Throws as append() does.
+  torch::Tensor prefill(const std::vector<int32_t>& tokens);
   void reset();
   int64_t position() const;
 

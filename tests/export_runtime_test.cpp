@@ -186,6 +186,17 @@ TEST(PackedRuntime, MatchesIndependentReference) {
     for (size_t i = 0; i < tokens.size(); ++i)
       ASSERT_LE((rt->step(tokens[i]) - ours[int64_t(i)]).abs().max().item<double>(), 1e-5 * scale) << i;
     EXPECT_EQ(rt->position(), int64_t(tokens.size()));
+    // prefill: the last token's logits alone, bit-identical to the full pass, and the same KV cache after it
+    for (const int64_t n : {int64_t(1), int64_t(9), int64_t(tokens.size())}) {
+      rt->reset();
+      const auto last = rt->prefill(std::vector<int32_t>(tokens.begin(), tokens.begin() + n));
+      EXPECT_EQ(rt->position(), n);
+      ASSERT_EQ(last.sizes(), torch::IntArrayRef({spec.model.vocab_size}));
+      EXPECT_TRUE(torch::equal(last, ours[n - 1])) << "prefill of " << n << " tokens";
+      if (n < int64_t(tokens.size())) {
+        EXPECT_TRUE(torch::equal(rt->step(tokens[n]), ours[n])) << "step after " << n;
+      }
+    }
     std::remove(path.c_str());
   }
 }
