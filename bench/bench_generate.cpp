@@ -10,6 +10,7 @@
 // -a 8 runs A16 layers with per-token int8 activations (PackedRuntime::open's activation_bits), as llama.cpp does.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -68,8 +69,9 @@ int main(int argc, char** argv) {
     double mean = 0, var = 0;
     for (double v : tps) mean += v / tps.size();
     for (double v : tps) var += (v - mean) * (v - mean) / std::max<size_t>(1, tps.size() - 1);
-    std::printf("%-6s %4d threads  %10.1f ± %.1f tokens/s%s\n", name.c_str(), threads, mean, std::sqrt(var),
-                act_bits ? "  (int8 activations)" : "");
+    const double best = *std::max_element(tps.begin(), tps.end());
+    std::printf("%-6s %4d threads  %10.1f ± %.1f tokens/s (best %.1f)%s\n", name.c_str(), threads, mean, std::sqrt(var),
+                best, act_bits ? "  (int8 activations)" : "");
     std::printf("{\"test\": \"%s\", \"threads\": %d, \"activation_bits\": %d, \"tokens_per_s\": %.3f, \"stddev\": %.3f}\n",
                 name.c_str(), threads, act_bits, mean, std::sqrt(var));
   };
