@@ -66,6 +66,12 @@ void check_view(const PackedMatrixView& w);
 /// True when the running CPU has AVX2, FMA and F16C.
 bool cpu_has_avx2();
 
+/// How many distinct OS threads a `threads`-way split of the kernels' work really runs on (the same
+/// detail::for_chunks / at::parallel_for path every kernel here uses): min(threads, at::get_num_threads()) when the
+/// library was built with OpenMP as it must be, 1 when at::parallel_for was compiled serial. For diagnostics and the
+/// test that guards the build. threads <= 0 means at::get_num_threads().
+int parallel_threads_used(int threads);
+
 /// A16: x fp32 [M, in] row-major, y fp32 [M, out] (overwritten).
 void packed_gemv_f32(const PackedMatrixView& w, const float* x, int64_t M, float* y, int threads = 1,
                      GemvImpl impl = GemvImpl::automatic);

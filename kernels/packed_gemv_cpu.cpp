@@ -10,6 +10,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -350,6 +353,17 @@ bool cpu_has_avx2() {
 #else
   return false;
 #endif
+}
+
+int parallel_threads_used(int threads) {
+  const int t = threads <= 0 ? at::get_num_threads() : threads;
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  detail::for_chunks(t, t, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  return static_cast<int>(ids.size());
 }
 
 void check_view(const PackedMatrixView& w) {

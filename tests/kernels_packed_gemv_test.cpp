@@ -3,6 +3,7 @@
 // scalar and AVX2 paths agreeing, anchors as exact sparse corrections.
 #include "kernels/packed_gemv.h"
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -134,6 +135,19 @@ std::vector<Shape> shapes() {
 }
 
 }  // namespace
+
+// The kernels' "every thread count gives identical results" tests below only mean something if the threads are real:
+// at::parallel_for runs serially when the library is compiled without OpenMP (as it was before this test).
+TEST(PackedGemv, ThreadCountIsReal) {
+  const int saved = at::get_num_threads();
+  at::set_num_threads(3);
+  EXPECT_EQ(bk::parallel_threads_used(1), 1);
+  EXPECT_EQ(bk::parallel_threads_used(2), 2);
+  EXPECT_EQ(bk::parallel_threads_used(3), 3);
+  EXPECT_EQ(bk::parallel_threads_used(0), 3);
+  EXPECT_EQ(bk::parallel_threads_used(8), 3);  // capped by the pool
+  at::set_num_threads(saved);
+}
 
 TEST(PackedGemv, A8BitExactAgainstReferenceAllPathsThreadsAndBatch) {
   uint32_t seed = 1;
