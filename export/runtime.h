@@ -13,7 +13,7 @@
 // relu2, SubLN, final norm, LM head. It follows trainer/model.h operation for operation; logits match the
 // Transformer's forward to fp32 rounding (tests/trainer_export_runtime_test.cpp checks 1e-4 relative, and
 // tests/export_runtime_test.cpp an independent LibTorch decoder).
-// Products of fewer than 2^22 multiply-adds run on one thread (a fork/join, with its wake-up of sleeping OpenMP
+// Products of fewer than 2^18 multiply-adds run on one thread (a fork/join, with its wake-up of sleeping OpenMP
 // workers, costs more than they take; measured on the default model: see bench_generate).
 // Not thread-safe: one PackedRuntime per thread. `threads` is the packed GEMV's thread count (0 = at::get_num_threads()).
 // Errors: open() throws formats::FormatError for a malformed / non-packed file or a config it cannot run;
