@@ -446,10 +446,16 @@ struct PackedRuntime::Impl {
         }
       };
       const int64_t attn_macs = R * nh * (pos + t0 + (R + 1) / 2) * hd * 2;
-      if (threads_for(attn_macs, threads) > 1)
-        at::parallel_for(t0 * nh, T * nh, 1, attend);
-      else
+      if (const int64_t nt = std::min<int64_t>(threads_for(attn_macs, threads), R * nh); nt > 1) {
+        // causal: later tokens see more positions, so contiguous ranges would be unbalanced; worker c takes every
+        // nt-th (token, head) pair instead
+        at::parallel_for(0, nt, 1, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t i = t0 * nh + c; i < T * nh; i += nt) attend(i, i + 1);
+        });
+      } else {
         attend(t0 * nh, T * nh);
+      }
       if (t0 > 0) {  // from here on only the output rows: move them to the front of the activations
         std::memmove(att.data(), att.data() + t0 * nh * hd, static_cast<size_t>(R * nh * hd) * 4);
         std::memmove(h.data(), h.data() + t0 * H, static_cast<size_t>(R * H) * 4);
@@ -461,10 +467,7 @@ struct PackedRuntime::Impl {
       if (l.has_gate) {
         lin(l.gate, xn.data(), R, gb.data());
         lin(l.up, xn.data(), R, ub.data());
-        for (int64_t i = 0; i < R * I; ++i) {
-          const float g = gb[i];
-          ub[i] = g / (1.f + std::exp(-g)) * ub[i];
-        }
+        kernels::silu_mul_f32(gb.data(), ub.data(), R * I, threads_for(R * I * 16, threads));
       } else {
         lin(l.up, xn.data(), R, ub.data());
         for (int64_t i = 0; i < R * I; ++i) {

@@ -94,6 +94,35 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* 
   return v;
 }
 
+/// e^x for x in [−87.3, 88.3] (callers clamp): Cephes expf's range reduction and polynomial, vectorized.
+__attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);  // ln2 = 0.693359375 − 2.12194440e-4
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) int64_t silu_mul_avx2(const float* g, float* u, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gv = _mm256_loadu_ps(g + i);
+    const __m256 neg = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), gv), _mm256_set1_ps(-87.3f)),
+                                     _mm256_set1_ps(88.3f));
+    const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_avx2(neg));
+    _mm256_storeu_ps(u + i, _mm256_mul_ps(_mm256_div_ps(gv, den), _mm256_loadu_ps(u + i)));
+  }
+  return i;
+}
+
 __attribute__((target("avx2,fma"))) void axpy_avx2(float* y, float alpha, const float* x, int64_t n) {
   const __m256 av = _mm256_set1_ps(alpha);
   int64_t i = 0;
@@ -154,6 +183,16 @@ void axpy_f32(float* y, float alpha, const float* x, int64_t n) {
   if (cpu_has_avx2()) return axpy_avx2(y, alpha, x, n);
 #endif
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void silu_mul_f32(const float* gate, float* up, int64_t n, int threads) {
+  detail::for_chunks(n, threads, [&](int64_t i0, int64_t i1) {
+    int64_t i = i0;
+#ifdef BF_X86
+    if (cpu_has_avx2()) i += silu_mul_avx2(gate + i0, up + i0, i1 - i0);
+#endif
+    for (; i < i1; ++i) up[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+  });
 }
 
 void dense_gemv_bf16(const uint16_t* W, int64_t out, int64_t in, const float* x, int64_t M, const float* bias,

@@ -90,3 +90,22 @@ TEST(DenseGemv, DotAndAxpyMatchDouble) {
     for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], y0[i] + 0.75 * a[i], 1e-6 * (std::fabs(y0[i]) + std::fabs(a[i])));
   }
 }
+
+TEST(DenseGemv, SiluMulMatchesTheFormulaInDouble) {
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> wide(-100.f, 100.f), narrow(-6.f, 6.f);
+  std::normal_distribution<float> nd;
+  for (int64_t n : {1, 7, 8, 9, 1000, 4099}) {
+    std::vector<float> g(n), u(n);
+    for (int64_t i = 0; i < n; ++i) g[i] = (i % 3 == 0) ? wide(rng) : narrow(rng), u[i] = nd(rng);
+    if (n > 8) g[0] = -87.5f, g[1] = 88.5f, g[2] = 0.f, g[3] = -1e-8f, g[4] = 200.f, g[5] = -200.f;
+    for (int threads : {1, 3}) {
+      auto out = u;
+      bk::silu_mul_f32(g.data(), out.data(), n, threads);
+      for (int64_t i = 0; i < n; ++i) {
+        const double ref = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * u[i];
+        ASSERT_NEAR(out[i], ref, 5e-7 * std::fabs(ref) + 1e-30) << "n " << n << " i " << i << " gate " << g[i];
+      }
+    }
+  }
+}
