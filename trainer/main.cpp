@@ -1,4 +1,5 @@
 // bitforge: train, distill, export and run 1-bit language models. Command-line front end (CLI11).
+#include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
@@ -14,6 +15,7 @@ struct Common {
   std::string config_path;
   std::vector<std::string> overrides;
   std::string log_level;
+  int threads = 0;
 };
 
 void add_common(CLI::App* sub, Common& c, bool config_positional = false) {
@@ -24,13 +26,19 @@ void add_common(CLI::App* sub, Common& c, bool config_positional = false) {
       ->allow_extra_args(false)
       ->take_all();
   sub->add_option("--log-level", c.log_level, "trace | debug | info | warn | error (default: logging.level)");
+  sub->add_option("-t,--threads", c.threads, "CPU threads for training and the packed kernels (same as --set "
+                                             "train.threads=N; default: all cores)")
+      ->check(CLI::Range(1, 4096));
 }
 
 bitforge::CommandContext make_context(const Common& c) {
   bitforge::CommandContext ctx;
   ctx.config_path = c.config_path;
-  ctx.config = c.config_path.empty() ? bitforge::parse_config("", "(defaults)", c.overrides)
-                                     : bitforge::load_config(c.config_path, c.overrides);
+  auto overrides = c.overrides;
+  if (c.threads > 0) overrides.push_back("train.threads=" + std::to_string(c.threads));
+  ctx.config = c.config_path.empty() ? bitforge::parse_config("", "(defaults)", overrides)
+                                     : bitforge::load_config(c.config_path, overrides);
+  if (ctx.config.train.threads > 0) at::set_num_threads(static_cast<int>(ctx.config.train.threads));
   bitforge::set_log_level(c.log_level.empty() ? ctx.config.logging.level : c.log_level);
   ctx.run_dir = (std::filesystem::path(ctx.config.run.output_dir) / ctx.config.run.name).string();
   return ctx;
