@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -539,8 +540,12 @@ int64_t PackedRuntime::resident_weight_bytes() const { return impl_->resident();
 int64_t PackedRuntime::fp16_bytes() const { return impl_->params() * 2; }
 int64_t PackedRuntime::packed_layers() const { return impl_->n_packed; }
 
-std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt, const GenerationOptions& o) {
+std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt, const GenerationOptions& o,
+                                             GenerationStats* stats) {
   if (prompt.empty()) throw std::invalid_argument("generate: empty prompt");
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  auto t1 = t0;
   std::mt19937_64 rng(o.seed);
   reset();
   torch::Tensor next = prefill(prompt);
@@ -548,9 +553,16 @@ std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt,
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {
     const int32_t t = sample_token(next, o, rng);
     out.push_back(t);
+    if (i == 0) t1 = clock::now();
     if (t == o.eos_id) break;
     if (i + 1 == o.max_new_tokens || impl_->pos >= impl_->cfg.max_position_embeddings) break;
     next = step(t);
+  }
+  if (stats) {
+    stats->prompt_tokens = static_cast<int64_t>(prompt.size());
+    stats->prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+    stats->generated_tokens = static_cast<int64_t>(out.size());
+    stats->decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   }
   return out;
 }

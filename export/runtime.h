@@ -43,6 +43,17 @@ struct GenerationOptions {
   int32_t eos_id = -1;       ///< stop after emitting it (-1: never)
 };
 
+/// Timings of one generate() call (seconds, wall clock).
+struct GenerationStats {
+  int64_t prompt_tokens = 0;
+  double prompt_seconds = 0;  ///< prefill of the prompt (PackedRuntime::prefill) and sampling its first token
+  int64_t generated_tokens = 0;
+  double decode_seconds = 0;  ///< the step() calls for the tokens after the first, with their sampling
+  double prompt_tokens_per_s() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+  /// decode steps per second (generated_tokens − 1 steps: the first token comes from the prefill)
+  double decode_tokens_per_s() const { return decode_seconds > 0 ? (generated_tokens - 1) / decode_seconds : 0; }
+};
+
 class PackedRuntime {
  public:
   /// activation_bits: 0 runs every layer as exported (A16 layers with fp32 activations, exact to the checkpoint);
@@ -79,7 +90,9 @@ class PackedRuntime {
   int64_t packed_layers() const;
 
   /// prompt + up to max_new_tokens sampled tokens (returns only the new ones). Resets the cache first.
-  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const GenerationOptions& options);
+  /// stats (optional): the prompt-processing and decode times, as llama.cpp prints them.
+  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const GenerationOptions& options,
+                                GenerationStats* stats = nullptr);
 
  private:
   PackedRuntime();

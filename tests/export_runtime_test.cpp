@@ -254,7 +254,13 @@ TEST(PackedRuntime, PerplexityWindowsKlSamplingAndSizes) {
   greedy.max_new_tokens = 8;
   const auto g1 = rt->generate(prompt, greedy);
   ASSERT_EQ(g1.size(), 8u);
-  EXPECT_EQ(rt->generate(prompt, greedy), g1);
+  runtime::GenerationStats st;
+  EXPECT_EQ(rt->generate(prompt, greedy, &st), g1);
+  EXPECT_EQ(st.prompt_tokens, 4);
+  EXPECT_EQ(st.generated_tokens, 8);
+  EXPECT_GT(st.prompt_seconds, 0.0);
+  EXPECT_GT(st.decode_seconds, 0.0);
+  EXPECT_NEAR(st.decode_tokens_per_s(), 7 / st.decode_seconds, 1e-9 * st.decode_tokens_per_s());
   {  // greedy = argmax of the logits of prompt + generated prefix
     std::vector<int32_t> seq = prompt;
     for (int32_t t : g1) {

@@ -427,7 +427,7 @@ int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::stri
 }
 
 int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::string& prompt, int64_t max_new_tokens,
-                 double temperature, int64_t top_k, double top_p, uint64_t seed) {
+                 double temperature, int64_t top_k, double top_p, uint64_t seed, int activation_bits) {
   std::string packed = model_path;
   if (!is_packed_file(model_path)) {
     // A checkpoint runs through the same packed runtime (KV cache): export it to a temporary packed file.
@@ -435,7 +435,7 @@ int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::
     packed = (fs::temp_directory_path() / fmt::format("bitforge-generate-{}.safetensors", ::getpid())).string();
     formats::export_packed(make_export_model(lm.model, lm.tokenizer.get(), to_yaml(lm.config)), packed);
   }
-  auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads));
+  auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads), activation_bits);
   if (packed != model_path) fs::remove(packed);
   auto tok = data::tokenizer_from_bytes(rt->tokenizer_kind(),
                                         std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()));
@@ -449,12 +449,14 @@ int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::
   go.top_p = top_p;
   go.seed = seed;
   go.eos_id = tok->eos_id();
-  const auto t0 = std::chrono::steady_clock::now();
-  auto out = rt->generate(ids, go);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  runtime::GenerationStats st;
+  auto out = rt->generate(ids, go, &st);
   std::printf("%s%s\n", prompt.c_str(), tok->decode(out).c_str());
-  spdlog::info("generate: {} tokens in {:.2f} s ({:.1f} tokens/s incl. prompt), resident weights {} bytes (FP16 {})",
-               out.size(), secs, out.size() / std::max(secs, 1e-9), rt->resident_weight_bytes(), rt->fp16_bytes());
+  spdlog::info("generate: prompt {} tokens in {:.1f} ms ({:.1f} tokens/s), decode {} tokens in {:.1f} ms ({:.1f} "
+               "tokens/s){}; resident weights {} bytes (FP16 {})",
+               st.prompt_tokens, st.prompt_seconds * 1e3, st.prompt_tokens_per_s(), st.generated_tokens - 1,
+               st.decode_seconds * 1e3, st.decode_tokens_per_s(), activation_bits ? ", int8 activations" : "",
+               rt->resident_weight_bytes(), rt->fp16_bytes());
   return 0;
 }
 

@@ -24,7 +24,7 @@ int cmd_export(CommandContext& ctx, const std::string& checkpoint, const std::st
 int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json,
              int activation_bits = 0);
 int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::string& prompt, int64_t max_new_tokens,
-                 double temperature, int64_t top_k, double top_p, uint64_t seed);
+                 double temperature, int64_t top_k, double top_p, uint64_t seed, int activation_bits = 0);
 int cmd_inspect(const std::string& path, bool json);
 
 }  // namespace bitforge

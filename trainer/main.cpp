@@ -98,6 +98,10 @@ int main(int argc, char** argv) {
   gen->add_option("--temperature", temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
   gen->add_option("--top-k", top_k, "0 = off")->check(CLI::NonNegativeNumber);
   gen->add_option("--top-p", top_p, "nucleus sampling, 1 = off")->check(CLI::Range(0.0, 1.0));
+  int gen_act_bits = 0;
+  gen->add_option("--activation-bits", gen_act_bits,
+                  "8 = run A16 layers with per-token int8 activations (llama.cpp-like speed mode)")
+      ->check(CLI::IsMember({0, 8}));
   gen->add_option("--seed", seed, "sampling seed");
 
   std::string inspect_path;
@@ -126,7 +130,7 @@ int main(int argc, char** argv) {
     if (exp->parsed()) return bitforge::cmd_export(ctx, checkpoint, output);
     if (ev->parsed()) return bitforge::cmd_eval(ctx, model_path, reference, json, eval_act_bits);
     if (gen->parsed())
-      return bitforge::cmd_generate(ctx, model_path, prompt, max_new, temperature, top_k, top_p, seed);
+      return bitforge::cmd_generate(ctx, model_path, prompt, max_new, temperature, top_k, top_p, seed, gen_act_bits);
   } catch (const bitforge::ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;
