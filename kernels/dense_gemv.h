@@ -6,7 +6,8 @@
 //   W  bf16 bits (uint16) or fp32, [out, in] row-major;  x fp32 [M, in];  y fp32 [M, out] (overwritten);
 //   bias fp32 [out] or nullptr.
 // Summation: the AVX2 path keeps 2 × 8 fp32 FMA accumulators per row (column c goes to lane c mod 16), reduced in
-// a fixed order, for up to 4 rows of x per pass over W; the scalar path sums sequentially. Both are within fp32 rounding of the exact product:
+// a fixed order, for up to 4 rows of x per pass over W (one row of x: 4 weight rows per pass, for 8 independent FMA
+// chains; each row of x gives the same bits alone or in a batch); the scalar path sums sequentially. Both are within fp32 rounding of the exact product:
 // |y − y_exact| ≤ 1e-5 · Σ_c |W[r,c] · x[m,c]| (tests check it). Results do not depend on the thread count.
 // Threads: output rows split into `threads` contiguous chunks (at::parallel_for); threads <= 0 = all.
 // Errors: std::invalid_argument for non-positive sizes or null pointers.

@@ -62,6 +62,13 @@ TEST(DenseGemv, Bf16AndF32WithinToleranceOfDoubleAllPathsAndThreads) {
             } else {
               ASSERT_EQ(0, std::memcmp(yb.data(), y1.data(), yb.size() * 4)) << "threads " << threads;
             }
+            // batch invariance: each row of x alone (the decode kernel) gives the batched result bit for bit
+            for (int64_t m = 0; m < M; ++m) {
+              std::vector<float> ym(out);
+              bk::dense_gemv_bf16(wb.data(), out, in, x.data() + m * in, 1, with_bias ? bias.data() : nullptr,
+                                  ym.data(), threads, impl);
+              ASSERT_EQ(0, std::memcmp(ym.data(), yb.data() + m * out, out * 4)) << "row " << m << " alone";
+            }
           }
         }
       }
