@@ -15,7 +15,11 @@
 // time; %bw = that / this machine's read bandwidth, measured here with the same threads as the larger of an AVX2
 // streaming sum and MKL's fp32 at::mv over --bw-mib MiB (the best of 5 passes each).
 //
-//   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference]
+// --rounds R (with llama.cpp) adds a summary: bitforge LUT A8 and llama.cpp cold, measured alternately R times per
+// matrix, and the median / min / max of the per-round ratios — steadier than one pair of medians on a machine whose
+// speed drifts.
+//
+//   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] [--rounds R]
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -221,6 +225,7 @@ int main(int argc, char** argv) {
   double min_ms = 300;
   bool with_ref = true;
   int64_t bw_mib = 1024, cold_mib = 256;
+  int rounds = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
@@ -228,8 +233,11 @@ int main(int argc, char** argv) {
     else if (a == "--no-reference") with_ref = false;
     else if (a == "--bw-mib" && i + 1 < argc) bw_mib = std::atoll(argv[++i]);
     else if (a == "--cold-mib" && i + 1 < argc) cold_mib = std::atoll(argv[++i]);
+    else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] "
+                   "[--rounds R]\n",
                    argv[0]);
       return 2;
     }
@@ -265,6 +273,7 @@ int main(int argc, char** argv) {
   std::printf("%-11s %-5s %-17s %10s %7s %7s %10s %11s %9s\n", "shape", "bits", "kernel", "cold us", "GB/s", "%bw",
               "warm us", "vs llama", "max|dy|");
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
+  std::vector<std::string> round_lines;  // --rounds: bitforge LUT A8 vs llama.cpp, cold, alternated
   for (auto [out, in] : shapes) {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd;
@@ -338,6 +347,23 @@ int main(int argc, char** argv) {
         const double ru = median_us([&] { bk::packed_gemv_f32_reference(p.v, x.data(), 1, y.data()); }, 0);
         rows.push_back({"reference (1 thr)", ru, ru, bytes, maxdiff(y.data())});
       }
+#ifdef BITFORGE_WITH_GGML
+      if (rounds > 0) {  // the same two cold measurements alternated, so drifts of a noisy machine hit both alike
+        GgmlGemv g(p, x, copies, threads);
+        std::vector<double> ratio;
+        for (int r = 0; r < rounds; ++r) {
+          const double a = median_us([&] { for (auto& m : R) m->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
+          const double l = median_us([&] { g.run(); }, min_ms, copies);
+          ratio.push_back(l / a);
+        }
+        std::sort(ratio.begin(), ratio.end());
+        char line[160];
+        std::snprintf(line, sizeof line, "%-11s %-5s %-17s median %.2fx  min %.2fx  max %.2fx  (%d rounds)", shape,
+                      binary ? "1" : "1.58", binary ? "A8 vs Q1_0" : "A8 vs TQ2_0", ratio[ratio.size() / 2],
+                      ratio.front(), ratio.back(), rounds);
+        round_lines.push_back(line);
+      }
+#endif
       for (const auto& r : rows) {
         const double gbs = r.bytes / (r.cold * 1e-6) / 1e9;
         char vs[32] = "-";
@@ -347,6 +373,10 @@ int main(int argc, char** argv) {
       }
       std::fflush(stdout);
     }
+  }
+  if (!round_lines.empty()) {
+    std::printf("\nbitforge LUT A8 vs llama.cpp, DRAM-cold, alternated rounds (llama.cpp time / bitforge time per round):\n");
+    for (const auto& l : round_lines) std::printf("%s\n", l.c_str());
   }
   std::printf("\nvs llama = llama.cpp cold time / this row's cold time (> 1: faster than llama.cpp).\n"
               "max|dy| = largest |y − exact| over the rows (exact: double-precision product with fp32 x; A8 rows and\n"
