@@ -350,17 +350,22 @@ int main(int argc, char** argv) {
 #ifdef BITFORGE_WITH_GGML
       if (rounds > 0) {  // the same two cold measurements alternated, so drifts of a noisy machine hit both alike
         GgmlGemv g(p, x, copies, threads);
-        std::vector<double> ratio;
+        std::vector<double> ratio, ours;
         for (int r = 0; r < rounds; ++r) {
           const double a = median_us([&] { for (auto& m : R) m->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
           const double l = median_us([&] { g.run(); }, min_ms, copies);
           ratio.push_back(l / a);
+          ours.push_back(a);
         }
         std::sort(ratio.begin(), ratio.end());
-        char line[160];
-        std::snprintf(line, sizeof line, "%-11s %-5s %-17s median %.2fx  min %.2fx  max %.2fx  (%d rounds)", shape,
-                      binary ? "1" : "1.58", binary ? "A8 vs Q1_0" : "A8 vs TQ2_0", ratio[ratio.size() / 2],
-                      ratio.front(), ratio.back(), rounds);
+        std::sort(ours.begin(), ours.end());
+        const double gbs = bytes / (ours[ours.size() / 2] * 1e-6) / 1e9;
+        char line[200];
+        std::snprintf(line, sizeof line,
+                      "%-11s %-5s %-12s median %.2fx  min %.2fx  max %.2fx  (%d rounds); bitforge median %.1f us, "
+                      "%.1f GB/s, %.1f%% bw",
+                      shape, binary ? "1" : "1.58", binary ? "A8 vs Q1_0" : "A8 vs TQ2_0", ratio[ratio.size() / 2],
+                      ratio.front(), ratio.back(), rounds, ours[ours.size() / 2], gbs, 100 * gbs / bw);
         round_lines.push_back(line);
       }
 #endif
