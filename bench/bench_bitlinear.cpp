@@ -206,6 +206,22 @@ int run_cuda(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tok
     auto gy = torch::randn({tokens, out}, torch::TensorOptions().device(dev).dtype(torch::kBFloat16));
     const double flop = 6.0 * static_cast<double>(tokens) * static_cast<double>(in) * static_cast<double>(out);
 
+    // forward + backward of module m on a fresh leaf copy of x, the forward under bf16 autocast
+    auto time_autocast = [&](auto& m) {
+      auto xa = x.clone().requires_grad_(true);
+      return time_cuda_ms(
+          [&] {
+            m->zero_grad();
+            xa.mutable_grad() = torch::Tensor();
+            torch::Tensor y;
+            {
+              Autocast ac;
+              y = m(xa);
+            }
+            y.backward(gy);
+          },
+          iters, warmup);
+    };
     double bf16_ms = 0, ac_ms = 0;
     {
       torch::nn::Linear lin(torch::nn::LinearOptions(in, out).bias(false));
@@ -222,19 +238,7 @@ int run_cuda(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tok
     {
       torch::nn::Linear lin(torch::nn::LinearOptions(in, out).bias(false));
       lin->to(dev);
-      auto xb = x.clone().requires_grad_(true);
-      ac_ms = time_cuda_ms(
-          [&] {
-            lin->zero_grad();
-            xb.mutable_grad() = torch::Tensor();
-            torch::Tensor y;
-            {
-              Autocast ac;
-              y = lin(xb);
-            }
-            y.backward(gy);
-          },
-          iters, warmup);
+      ac_ms = time_autocast(lin);
     }
     rows.push_back({shape, "nn::Linear bf16 params", bf16_ms, 1.0, bf16_ms / ac_ms, 0, 0, 0, 0, 0});
     rows.push_back({shape, "nn::Linear fp32 + autocast", ac_ms, ac_ms / bf16_ms, 1.0, 0, 0, 0, 0, 0});
@@ -244,19 +248,7 @@ int run_cuda(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tok
     for (const auto& m : modes()) {
       BitLinear bl(in, out, false, quant_config(m));  // anchors are selected on the CPU, then moved
       bl->to(dev);
-      auto xq = x.clone().requires_grad_(true);
-      const double ms = time_cuda_ms(
-          [&] {
-            bl->zero_grad();
-            xq.mutable_grad() = torch::Tensor();
-            torch::Tensor y;
-            {
-              Autocast ac;
-              y = bl(xq);
-            }
-            y.backward(gy);
-          },
-          iters, warmup);
+      const double ms = time_autocast(bl);
       // The fused quantizer alone, forward and STE backward separately.
       auto w = bl->weight.detach();
       auto a = bl->scales();

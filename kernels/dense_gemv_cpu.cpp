@@ -48,68 +48,46 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 s) {
   return _mm_cvtss_f32(v);
 }
 
-/// MB activation rows at once (each weight vector loaded once for all of them); per row of x the arithmetic is the
-/// same for every MB: 2 × 8 lanes (column c → lane c mod 16), fixed reduction, sequential FMA tail. (2 accumulators
-/// per row keep MB = 4 within the 16 ymm registers.)
-template <int MB, class T>
+/// RB weight rows × MB activation rows per pass (RB · MB ≤ 4, so the 2 accumulators per pair fit in the 16 ymm
+/// registers): MB > 1 loads each weight vector once for all rows of x (a GEMM); RB = 4 with MB = 1 (decode) gives 8
+/// independent FMA chains instead of 2, so the loop is bound by loads and FMAs rather than by FMA latency. Per (weight
+/// row, row of x) the arithmetic is the same for every RB and MB: 2 × 8 lanes (column c → lane c mod 16), fixed
+/// reduction, sequential FMA tail — a row of x gives the same bits alone or in a batch.
+template <int MB, int RB, class T>
 __attribute__((target("avx2,fma"))) void rows_avx2(const T* W, int64_t in, int64_t out, const float* x,
                                                     const float* bias, float* y, int64_t r0, int64_t r1) {
-  const int64_t in16 = in / 16 * 16, in8 = in / 8 * 8;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* w = W + r * in;
-    __m256 a[MB][2];
-    for (int m = 0; m < MB; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
-    int64_t c = 0;
-    for (; c < in16; c += 16) {
-      const __m256 w0 = load8(w + c), w1 = load8(w + c + 8);
-      for (int m = 0; m < MB; ++m) {
-        a[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + c), a[m][0]);
-        a[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * in + c + 8), a[m][1]);
-      }
-    }
-    for (; c < in8; c += 8) {
-      const __m256 wv = load8(w + c);
-      for (int m = 0; m < MB; ++m) a[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * in + c), a[m][0]);
-    }
-    for (int m = 0; m < MB; ++m) {
-      float v = hsum(_mm256_add_ps(a[m][0], a[m][1]));
-      for (int64_t cc = c; cc < in; ++cc) v = std::fma(load_w(w, cc), x[m * in + cc], v);
-      y[m * out + r] = bias ? v + bias[r] : v;
-    }
-  }
-}
-
-/// One activation row (decode), 4 weight rows at a time: 8 independent FMA chains instead of 2, so the loop is
-/// bound by loads and FMAs rather than by FMA latency. Per weight row the arithmetic is rows_avx2<1>'s exactly (2
-/// accumulators, column c → lane c mod 16, the same reduction and tail), so results are bit-identical to it.
-template <class T>
-__attribute__((target("avx2,fma"))) void rows4_avx2(const T* W, int64_t in, const float* x, const float* bias,
-                                                     float* y, int64_t r0, int64_t r1) {
+  static_assert(MB * RB <= 4, "2 accumulators per (weight row, row of x) must fit in the 16 ymm registers");
   const int64_t in16 = in / 16 * 16, in8 = in / 8 * 8;
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const T* w[4] = {W + r * in, W + (r + 1) * in, W + (r + 2) * in, W + (r + 3) * in};
-    __m256 a[4][2];
-    for (int j = 0; j < 4; ++j) a[j][0] = a[j][1] = _mm256_setzero_ps();
+  for (; r + RB <= r1; r += RB) {
+    __m256 a[RB][MB][2];
+    for (int j = 0; j < RB; ++j)
+      for (int m = 0; m < MB; ++m) a[j][m][0] = a[j][m][1] = _mm256_setzero_ps();
     int64_t c = 0;
-    for (; c < in16; c += 16) {
-      const __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
-      for (int j = 0; j < 4; ++j) {
-        a[j][0] = _mm256_fmadd_ps(load8(w[j] + c), x0, a[j][0]);
-        a[j][1] = _mm256_fmadd_ps(load8(w[j] + c + 8), x1, a[j][1]);
+    for (; c < in16; c += 16)
+      for (int j = 0; j < RB; ++j) {
+        const T* w = W + (r + j) * in;
+        const __m256 w0 = load8(w + c), w1 = load8(w + c + 8);
+        for (int m = 0; m < MB; ++m) {
+          a[j][m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + c), a[j][m][0]);
+          a[j][m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * in + c + 8), a[j][m][1]);
+        }
       }
-    }
-    for (; c < in8; c += 8) {
-      const __m256 xv = _mm256_loadu_ps(x + c);
-      for (int j = 0; j < 4; ++j) a[j][0] = _mm256_fmadd_ps(load8(w[j] + c), xv, a[j][0]);
-    }
-    for (int j = 0; j < 4; ++j) {
-      float v = hsum(_mm256_add_ps(a[j][0], a[j][1]));
-      for (int64_t cc = c; cc < in; ++cc) v = std::fma(load_w(w[j], cc), x[cc], v);
-      y[r + j] = bias ? v + bias[r + j] : v;
-    }
+    for (; c < in8; c += 8)
+      for (int j = 0; j < RB; ++j) {
+        const __m256 wv = load8(W + (r + j) * in + c);
+        for (int m = 0; m < MB; ++m) a[j][m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * in + c), a[j][m][0]);
+      }
+    for (int j = 0; j < RB; ++j)
+      for (int m = 0; m < MB; ++m) {
+        const T* w = W + (r + j) * in;
+        float v = hsum(_mm256_add_ps(a[j][m][0], a[j][m][1]));
+        for (int64_t cc = c; cc < in; ++cc) v = std::fma(load_w(w, cc), x[m * in + cc], v);
+        y[m * out + r + j] = bias ? v + bias[r + j] : v;
+      }
   }
-  if (r < r1) rows_avx2<1>(W, in, 0, x, bias, y, r, r1);
+  if constexpr (RB > 1)
+    if (r < r1) rows_avx2<MB, 1>(W, in, out, x, bias, y, r, r1);
 }
 
 __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
@@ -184,10 +162,10 @@ void gemv(const T* W, int64_t out, int64_t in, const float* x, int64_t M, const 
           const float* xm = x + m * in;
           float* ym = y + m * out;
           switch (mb) {
-            case 1: rows4_avx2(W, in, xm, bias, ym, t0, t1); break;
-            case 2: rows_avx2<2>(W, in, out, xm, bias, ym, t0, t1); break;
-            case 3: rows_avx2<3>(W, in, out, xm, bias, ym, t0, t1); break;
-            default: rows_avx2<4>(W, in, out, xm, bias, ym, t0, t1); break;
+            case 1: rows_avx2<1, 4>(W, in, out, xm, bias, ym, t0, t1); break;
+            case 2: rows_avx2<2, 1>(W, in, out, xm, bias, ym, t0, t1); break;
+            case 3: rows_avx2<3, 1>(W, in, out, xm, bias, ym, t0, t1); break;
+            default: rows_avx2<4, 1>(W, in, out, xm, bias, ym, t0, t1); break;
           }
           m += mb - 1;
           continue;

@@ -31,6 +31,13 @@ void add_common(CLI::App* sub, Common& c, bool config_positional = false) {
       ->check(CLI::Range(1, 4096));
 }
 
+/// --activation-bits for the packed runtime's int8 speed mode (eval, generate).
+void add_activation_bits(CLI::App* sub, int& bits) {
+  sub->add_option("--activation-bits", bits,
+                  "packed model: 8 = run A16 layers with per-token int8 activations (llama.cpp-like speed mode)")
+      ->check(CLI::IsMember({0, 8}));
+}
+
 bitforge::CommandContext make_context(const Common& c) {
   bitforge::CommandContext ctx;
   ctx.config_path = c.config_path;
@@ -82,9 +89,7 @@ int main(int argc, char** argv) {
   ev->add_option("--reference", reference, "reference model for KL / top-1 agreement");
   ev->add_flag("--json", json, "print the result as JSON");
   int eval_act_bits = 0;
-  ev->add_option("--activation-bits", eval_act_bits,
-                 "packed model only: 8 = run A16 layers with per-token int8 activations (llama.cpp-like speed mode)")
-      ->check(CLI::IsMember({0, 8}));
+  add_activation_bits(ev, eval_act_bits);
 
   std::string prompt;
   int64_t max_new = 64, top_k = 0;
@@ -99,9 +104,7 @@ int main(int argc, char** argv) {
   gen->add_option("--top-k", top_k, "0 = off")->check(CLI::NonNegativeNumber);
   gen->add_option("--top-p", top_p, "nucleus sampling, 1 = off")->check(CLI::Range(0.0, 1.0));
   int gen_act_bits = 0;
-  gen->add_option("--activation-bits", gen_act_bits,
-                  "8 = run A16 layers with per-token int8 activations (llama.cpp-like speed mode)")
-      ->check(CLI::IsMember({0, 8}));
+  add_activation_bits(gen, gen_act_bits);
   gen->add_option("--seed", seed, "sampling seed");
 
   std::string inspect_path;
