@@ -54,23 +54,35 @@ else
 fi
 
 # --- Python environment with LibTorch -------------------------------------------------------------------
+# Built with uv (PyPI), which keeps downloaded wheels in a cache and links them into an environment in seconds:
+# a fresh environment (CI builds one from nothing on every run, see .ci/run) costs no download after the first.
 PY_SYS="$(command -v python3 || true)"
 [ -n "$PY_SYS" ] || die "python3 not found; install python3"
+PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece)
+UV_HOME="${BITFORGE_UV_HOME:-$HOME/.cache/bitforge/uv}"
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$HOME/.cache/bitforge/uv-cache}"
+export UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
+UV="$UV_HOME/bin/uv"
+if [ ! -x "$UV" ]; then
+  say "installing uv (PyPI) into $UV_HOME"
+  rm -rf "$UV_HOME"
+  "$PY_SYS" -m venv "$UV_HOME" || die "python3 -m venv $UV_HOME failed (Debian: apt-get install python3-venv)"
+  "$UV_HOME/bin/pip" install -q uv || die "pip install uv failed"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating Python environment at $VENV"
   mkdir -p "$(dirname "$VENV")"
+  "$UV" venv -q --python "$PY_SYS" "$VENV" || die "uv venv $VENV failed"
 fi
-have_torch="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)"
-if [ "$have_torch" != "$TORCH_VERSION" ]; then
-  say "installing torch==$TORCH_VERSION into $VENV (PyPI; several GB the first time, cached afterwards)"
-  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" numpy safetensors transformers || die "pip install torch==$TORCH_VERSION failed"
+if ! "$VENV/bin/python" - "$TORCH_VERSION" <<'PYCHECK' 2>/dev/null
+import sys, torch, numpy, safetensors, transformers, tokenizers, sentencepiece
+sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
+PYCHECK
+then
+  say "installing ${PY_PACKAGES[*]} into $VENV (PyPI; several GB the first time, cached in $UV_CACHE_DIR afterwards)"
+  "$UV" pip install -q --python "$VENV/bin/python" "${PY_PACKAGES[@]}" || die "uv pip install ${PY_PACKAGES[*]} failed"
 else
-  say "torch $have_torch: present in $VENV"
-fi
-# Small extras used by test fixtures (reference implementations written with PyPI libraries).
-if ! "$VENV/bin/python" -c 'import safetensors, numpy, transformers' 2>/dev/null; then
-  say "installing numpy, safetensors, transformers into $VENV"
-  "$VENV/bin/pip" install -q numpy safetensors transformers || die "pip install numpy safetensors transformers failed"
+  say "Python environment: torch $TORCH_VERSION and the fixture libraries present in $VENV"
 fi
 
 # --- CUDA toolkit (optional: the build compiles CUDA sources when nvcc is found) -----------------------
