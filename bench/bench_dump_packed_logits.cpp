@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "export/runtime.h"
+#include "runtime/packed_runtime.h"
 
 int main(int argc, char** argv) {
   if (argc < 4) {

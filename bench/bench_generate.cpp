@@ -1,4 +1,4 @@
-// End-to-end speed of the packed CPU runtime (export/runtime.h), measured the way llama.cpp's llama-bench measures
+// End-to-end speed of the packed CPU runtime (runtime/packed_runtime.h), measured the way llama.cpp's llama-bench measures
 // (so scripts/bench_e2e.sh can put both side by side on the same model, machine and thread count):
 //   pp<P>: one forward pass over P prompt tokens from an empty KV cache (prompt processing: PackedRuntime::prefill,
 //          which computes the last token's logits only, as llama-bench's llama_batch_get_one does), tokens/s = P / time;
@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "export/runtime.h"
+#include "runtime/packed_runtime.h"
 
 namespace rt = bitforge::runtime;
 

@@ -74,7 +74,7 @@ struct Packed {
 
 constexpr uint16_t kScale = 0x2400;  // fp16 0.015625: one scale everywhere, so TQ2_0's 256-blocks hold the same matrix
 
-Packed make(bk::PackedQuant q, int64_t out, int64_t in, uint32_t seed) {
+Packed make(bitforge::WeightQuantizer q, int64_t out, int64_t in, uint32_t seed) {
   Packed p;
   p.v.quant = q;
   p.v.out = out;
@@ -85,7 +85,7 @@ Packed make(bk::PackedQuant q, int64_t out, int64_t in, uint32_t seed) {
   p.codes.resize(out * p.v.row_bytes());
   for (auto& b : p.codes) {
     b = static_cast<uint8_t>(rng());
-    if (q == bk::PackedQuant::ternary)  // map any code 3 to 2 (valid codes 0..2)
+    if (q == bitforge::WeightQuantizer::ternary)  // map any code 3 to 2 (valid codes 0..2)
       for (int s = 0; s < 8; s += 2)
         if (((b >> s) & 3) == 3) b = static_cast<uint8_t>(b & ~(1u << s));
   }
@@ -167,7 +167,7 @@ struct GgmlGemv {
 
   GgmlGemv(const Packed& p, const std::vector<float>& x, int copies, int threads) {
     const int64_t out = p.v.out, in = p.v.in;
-    const bool binary = p.v.quant == bk::PackedQuant::binary;
+    const bool binary = p.v.quant == bitforge::WeightQuantizer::binary;
     const ggml_type type = binary ? GGML_TYPE_Q1_0 : GGML_TYPE_TQ2_0;
     weight_bytes = ggml_row_size(type, in) * out;
     const size_t mem = copies * (weight_bytes + out * 4 + 3 * ggml_tensor_overhead()) + in * 4 +
@@ -284,8 +284,8 @@ int main(int argc, char** argv) {
     bk::quantize_activations_per_token(x.data(), 1, in, 8, q.data(), &s);
     char shape[64];
     std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(out), static_cast<long long>(in));
-    for (auto quant : {bk::PackedQuant::binary, bk::PackedQuant::ternary}) {
-      const bool binary = quant == bk::PackedQuant::binary;
+    for (auto quant : {bitforge::WeightQuantizer::binary, bitforge::WeightQuantizer::ternary}) {
+      const bool binary = quant == bitforge::WeightQuantizer::binary;
       auto p = make(quant, out, in, 7);
       const double bytes = double(p.v.packed_bytes());
       const int copies = static_cast<int>(std::max<double>(2, std::ceil(cold_mib * 1048576.0 / bytes)));

@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
   auto binary = [&](const std::string& name, int64_t out_f, int64_t in_f) {
     formats::ExportLayer L;
     L.name = name;
-    L.quantizer = formats::Quantizer::binary;
-    L.granularity = formats::Granularity::group;
+    L.quantizer = WeightQuantizer::binary;
+    L.granularity = ScaleGranularity::group;
     L.group_size = 128;
     L.out = out_f;
     L.in = in_f;

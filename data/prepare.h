@@ -24,6 +24,9 @@
 
 namespace bitforge::data {
 
+// Fraction of documents held out for validation by default (config data.val_fraction).
+inline constexpr double kDefaultValFraction = 0.05;
+
 enum class TokenizerKind { sentencepiece_bpe, sentencepiece_unigram, byte };
 
 // "sentencepiece_bpe" | "sentencepiece_unigram" | "byte" <-> TokenizerKind; throws DataError naming the choices.
@@ -37,8 +40,8 @@ struct PrepareDataOptions {
   std::string text_field = "text";        // jsonl
   std::size_t max_documents = 0;          // 0 = all
   TokenizerKind tokenizer = TokenizerKind::sentencepiece_bpe;
-  int32_t vocab_size = 8000;   // SentencePiece only (the byte tokenizer has 258)
-  double val_fraction = 0.05;  // of documents, in [0, 1)
+  int32_t vocab_size = kDefaultVocabSize;  // SentencePiece only (the byte tokenizer has 258)
+  double val_fraction = kDefaultValFraction;  // of documents, in [0, 1)
   uint64_t seed = 1234;        // split and SentencePiece sampling
   std::string output_dir = "prepared";
   int32_t num_threads = 2;               // SentencePiece training and encoding

@@ -76,11 +76,15 @@ class ByteTokenizer final : public Tokenizer {
   std::string serialize() const override;
 };
 
+// The default vocabulary size of a tokenizer bitforge trains (SentencePiece); the one default the config schema
+// (data.vocab_size), prepare_data and train_sentencepiece all use.
+inline constexpr int32_t kDefaultVocabSize = 4096;
+
 enum class SentencePieceModel { bpe, unigram };
 
 struct SentencePieceTrainOptions {
   SentencePieceModel model = SentencePieceModel::bpe;
-  int32_t vocab_size = 8000;             // including the 3 control and 256 byte pieces (so > 259)
+  int32_t vocab_size = kDefaultVocabSize;  // including the 3 control and 256 byte pieces (so > 259)
   uint32_t seed = 1234;                  // SentencePiece's global RNG (sentence sampling/shuffling)
   int64_t input_sentence_size = 200000;  // cap on training sentences (lines), sampled with `seed`
   int32_t num_threads = 2;

@@ -76,7 +76,7 @@ nlohmann::json inspect_safetensors(const SafetensorsFile& f) {
     j["kind"] = kPackedFormatName;
     for (const auto& [name, L] : m.layers) {
       const uint64_t bytes = L.codes.size() + L.scales.size() * 2 + L.anchor_index.size() * 12;
-      auto e = tensor_entry(name, std::string(to_string(L.quantizer)) + (L.quantizer == Quantizer::binary ? " (1-bit)" : " (2-bit)"),
+      auto e = tensor_entry(name, std::string(to_string(L.quantizer)) + (L.quantizer == WeightQuantizer::binary ? " (1-bit)" : " (2-bit)"),
                             {uint64_t(L.out), uint64_t(L.in)}, uint64_t(L.out * L.in), bytes);
       e["granularity"] = to_string(L.granularity);
       e["group_size"] = L.group_size;

@@ -228,13 +228,13 @@ ExportReport export_packed(const ExportModel& m, const std::string& path, const 
     TensorExportReport r;
     r.name = r.source = L.name;
     r.kind = to_string(L.quantizer);
-    r.stored_as = L.quantizer == Quantizer::binary ? "packed-1bit" : "packed-2bit";
+    r.stored_as = L.quantizer == WeightQuantizer::binary ? "packed-1bit" : "packed-2bit";
     r.shape = {L.out, L.in};
     r.params = L.out * L.in;
     r.bytes = static_cast<int64_t>(P.codes.size() + P.scales.size() * 2 + P.anchor_index.size() * 12);
     r.anchors = static_cast<int64_t>(P.anchor_index.size());
     r.note = std::string(to_string(L.granularity)) +
-             (L.granularity == Granularity::group ? " " + std::to_string(L.group_size) : "") +
+             (L.granularity == ScaleGranularity::group ? " " + std::to_string(L.group_size) : "") +
              (L.activation_bits ? ", A" + std::to_string(L.activation_bits) : "") +
              (L.input_norm_weight.empty() ? "" : ", input norm");
     pm.layers.emplace(L.name, std::move(P));
@@ -338,11 +338,11 @@ struct Target {
   int64_t block;
 };
 
-Target target_for(Quantizer q, GgufTernary t) {
-  if (q == Quantizer::binary) return {GgmlType::Q1_0, QK1_0};
+Target target_for(WeightQuantizer q, GgufTernaryType t) {
+  if (q == WeightQuantizer::binary) return {GgmlType::Q1_0, QK1_0};
   switch (t) {
-    case GgufTernary::tq1_0: return {GgmlType::TQ1_0, QK_K};
-    case GgufTernary::q2_0: return {GgmlType::Q2_0, QK2_0};
+    case GgufTernaryType::tq1_0: return {GgmlType::TQ1_0, QK_K};
+    case GgufTernaryType::q2_0: return {GgmlType::Q2_0, QK2_0};
     default: return {GgmlType::TQ2_0, QK_K};
   }
 }
@@ -478,13 +478,7 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
     };
     for (size_t k = 0; k < P.anchor_index.size(); ++k) {
       const int64_t idx = P.anchor_index[k], r = idx / in, col = idx % in;
-      const float v = P.anchor_value[k];
-      if (L.quantizer == Quantizer::binary) {
-        codes[idx] = v >= 0 ? 1 : -1;
-      } else {
-        const float u = std::nearbyint(v / scale_at(r, col));
-        codes[idx] = static_cast<int8_t>(u > 1 ? 1 : (u < -1 ? -1 : u));
-      }
+      codes[idx] = fold_anchor_code(L.quantizer, P.anchor_value[k], scale_at(r, col));
     }
     std::vector<float> row_scale(static_cast<size_t>(out * in));  // per element
     for (int64_t r = 0; r < out; ++r)
@@ -508,7 +502,7 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
     r.params = out * in;
     r.anchors = static_cast<int64_t>(P.anchor_index.size());
     anchors_total += r.anchors;
-    (L.quantizer == Quantizer::binary ? n_binary : n_ternary)++;
+    (L.quantizer == WeightQuantizer::binary ? n_binary : n_ternary)++;
     std::vector<uint8_t> data;
     std::vector<float> back(static_cast<size_t>(out * in));
     if (in % tg.block != 0) {
@@ -547,7 +541,7 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
         }
         r.note = std::string("scales vary inside a ") + std::to_string(tg.block) + "-weight block (" +
                  to_string(L.granularity) +
-                 (L.granularity == Granularity::group ? " " + std::to_string(L.group_size) : "") +
+                 (L.granularity == ScaleGranularity::group ? " " + std::to_string(L.group_size) : "") +
                  "): requantized with the reference quantizer";
       }
       dequantize(tg.type, data.data(), back.data(), out * in);
@@ -610,8 +604,8 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
   if (opt.dense == GgmlType::BF16) ftype = 32;
   if (opt.dense == GgmlType::F32) ftype = 0;
   if (n_binary >= n_ternary && n_binary > 0) ftype = 40;  // LLAMA_FTYPE_MOSTLY_Q1_0
-  if (n_ternary > n_binary && opt.ternary == GgufTernary::tq2_0) ftype = 37;
-  if (n_ternary > n_binary && opt.ternary == GgufTernary::tq1_0) ftype = 36;
+  if (n_ternary > n_binary && opt.ternary == GgufTernaryType::tq2_0) ftype = 37;
+  if (n_ternary > n_binary && opt.ternary == GgufTernaryType::tq1_0) ftype = 36;
   w.set("general.file_type", u32(ftype));
   w.set("general.quantization_version", u32(2));
   w.set(arch + ".context_length", u32(c.max_position_embeddings));
@@ -662,6 +656,38 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
                         "and the GGUF to measure the effect");
   if (!all_exact) rep.notes.push_back("some quantized tensors are not reproduced exactly (see exact / max|dW|)");
   return rep;
+}
+
+int8_t fold_anchor_code(WeightQuantizer quantizer, float value, float scale) {
+  if (quantizer == WeightQuantizer::binary) return value >= 0 ? 1 : -1;
+  const float u = std::nearbyint(value / scale);
+  return static_cast<int8_t>(u > 1 ? 1 : (u < -1 ? -1 : u));
+}
+
+int64_t fold_anchors(ExportModel& model) {
+  int64_t folded = 0;
+  for (auto& L : model.layers) {
+    if (L.anchor_index.size() != L.anchor_value.size())
+      throw std::invalid_argument("fold_anchors: '" + L.name + "': anchor_index and anchor_value differ in length");
+    const int64_t n_groups = L.granularity == ScaleGranularity::group ? L.in / L.group_size : 1;
+    const int64_t scale_rows = L.granularity == ScaleGranularity::tensor ? 1 : L.out;
+    if (static_cast<int64_t>(L.scales.size()) != scale_rows * n_groups)
+      throw std::invalid_argument("fold_anchors: '" + L.name + "': " + std::to_string(L.scales.size()) +
+                                  " scales, expected " + std::to_string(scale_rows * n_groups));
+    for (size_t i = 0; i < L.anchor_index.size(); ++i) {
+      const int64_t idx = L.anchor_index[i];
+      if (idx < 0 || idx >= L.out * L.in)
+        throw std::invalid_argument("fold_anchors: '" + L.name + "': anchor index " + std::to_string(idx) +
+                                    " outside [0, " + std::to_string(L.out * L.in) + ")");
+      const int64_t r = idx / L.in, c = idx % L.in;
+      const float a = L.scales[static_cast<size_t>((scale_rows == 1 ? 0 : r) * n_groups + c / (L.in / n_groups))];
+      L.codes[static_cast<size_t>(idx)] = fold_anchor_code(L.quantizer, L.anchor_value[i], a);
+    }
+    folded += static_cast<int64_t>(L.anchor_index.size());
+    L.anchor_index.clear();
+    L.anchor_value.clear();
+  }
+  return folded;
 }
 
 }  // namespace bitforge::formats

@@ -2,7 +2,7 @@
 // GGUF file for stock llama.cpp, plus a report (JSON and a human table) of what each tensor became.
 //
 // The exporter takes plain structs, not a trainer::Transformer (bitforge_export must not call trainer symbols:
-// bitforge_trainer links bitforge_export). export/transformer_export.h is the header-only adapter
+// bitforge_trainer links bitforge_export). trainer/export_model.h is the header-only adapter
 // Transformer + Tokenizer → ExportModel for code that links bitforge_trainer.
 //
 // Native packed file (export_packed): quantized layers packed losslessly (codes, fp16 scales, anchors);
@@ -12,7 +12,7 @@
 //   {"format": "bitforge.packed", "model": {ModelConfig fields, hidden_act "swiglu"|"relu2"},
 //    "quant": "<QuantConfig text as given>", "layers": {"<layer name>": {"activation_bits": 0|8|4,
 //    "input_norm": bool, "input_norm_eps": e}}}
-// which is what the runtime (export/runtime.h) needs to run the file without the trainer.
+// which is what the runtime (runtime/packed_runtime.h) needs to run the file without the trainer.
 //
 // GGUF (export_gguf), arch `llama` (or `qwen3` when config.arch == "qwen3": attn_q_norm / attn_k_norm, no q/k
 // permutation, as llama.cpp's Qwen3Model converter does):
@@ -56,7 +56,7 @@
 
 #include "export/ggml_quants.h"
 #include "export/packed_format.h"
-#include "trainer/config.h"  // plain structs only (ModelConfig); no trainer symbols are called
+#include "config/config.h"  // ModelConfig (config/model_config.h), GgufTernaryType (export.gguf_ternary)
 
 namespace bitforge::formats {
 
@@ -69,8 +69,8 @@ class GgufExportError : public std::runtime_error {
 /// One quantized projection (a BitLinear with quant.weight binary|ternary).
 struct ExportLayer {
   std::string name;  ///< HF weight name, e.g. "model.layers.0.self_attn.q_proj.weight" ("lm_head.weight")
-  Quantizer quantizer = Quantizer::binary;
-  Granularity granularity = Granularity::group;
+  WeightQuantizer quantizer = WeightQuantizer::binary;
+  ScaleGranularity granularity = ScaleGranularity::group;
   int64_t group_size = 0;  ///< ignored for tensor/channel
   int64_t out = 0, in = 0;
   std::vector<int8_t> codes;          ///< [out*in] in {-1,+1} / {-1,0,+1}; anything at anchors
@@ -142,10 +142,8 @@ struct PackedExportOptions {
   Dtype dtype = Dtype::BF16;  ///< unquantized tensors: BF16 | F16 | F32
 };
 
-enum class GgufTernary { tq2_0, tq1_0, q2_0 };
-
 struct GgufExportOptions {
-  GgufTernary ternary = GgufTernary::tq2_0;
+  GgufTernaryType ternary = GgufTernaryType::tq2_0;
   GgmlType dense = GgmlType::F16;  ///< 2-D unquantized tensors: F16 | BF16 | F32
   bool allow_activation_mismatch = false;
   std::string name = "bitforge";   ///< general.name
@@ -164,6 +162,17 @@ nlohmann::json export_config_json(const ExportModel& model);
 nlohmann::json model_config_to_json(const ModelConfig& c);
 /// Throws FormatError naming the missing/ill-typed field.
 ModelConfig model_config_from_json(const nlohmann::json& j);
+
+/// The code a full-precision anchor weight `value` becomes when a format cannot hold anchors (GGUF): binary
+/// sign(value) with value ≥ 0 → +1; ternary clamp(round(value / scale), −1, 1) (round half to even, as the
+/// BitNet b1.58 round-clip), `scale` being the α that covers the weight. One definition for the GGUF writer and for
+/// measuring what folding costs (fold_anchors).
+int8_t fold_anchor_code(WeightQuantizer quantizer, float value, float scale);
+
+/// Folds every anchor of every quantized layer into its code with fold_anchor_code and clears the anchors: the
+/// model GGUF holds, for measuring (perplexity, KL, top-1) what dropping the anchors costs. Returns the number of
+/// anchors folded. Throws std::invalid_argument for a layer whose scales or anchors do not fit its shape.
+int64_t fold_anchors(ExportModel& model);
 
 /// llama.cpp's LlamaModel.permute as a row map: result[new_row] = old_row, for a [n_head·head_dim, *] matrix.
 std::vector<int64_t> llama_qk_permutation(int64_t n_head, int64_t head_dim);

@@ -19,17 +19,16 @@ namespace {
 
 const char* const kSuffixes[] = {".codes", ".scales", ".anchor_index", ".anchor_value"};
 
-bool parse_quantizer(const std::string& s, Quantizer* q) {
-  if (s == "binary") *q = Quantizer::binary;
-  else if (s == "ternary") *q = Quantizer::ternary;
-  else return false;
+bool parse_quantizer(const std::string& s, WeightQuantizer* q) {
+  auto v = weight_quantizer_from_string(s);
+  if (!v || *v == WeightQuantizer::none) return false;  // a packed layer is binary or ternary
+  *q = *v;
   return true;
 }
-bool parse_granularity(const std::string& s, Granularity* g) {
-  if (s == "tensor") *g = Granularity::tensor;
-  else if (s == "channel") *g = Granularity::channel;
-  else if (s == "group") *g = Granularity::group;
-  else return false;
+bool parse_granularity(const std::string& s, ScaleGranularity* g) {
+  auto v = scale_granularity_from_string(s);
+  if (!v) return false;
+  *g = *v;
   return true;
 }
 
@@ -48,27 +47,23 @@ std::vector<uint8_t> as_bytes(const std::vector<T>& v) {
 
 }  // namespace
 
-const char* to_string(Quantizer q) { return q == Quantizer::binary ? "binary" : "ternary"; }
-const char* to_string(Granularity g) {
-  return g == Granularity::tensor ? "tensor" : g == Granularity::channel ? "channel" : "group";
-}
 
 int64_t PackedLayer::row_bytes() const {
-  return quantizer == Quantizer::binary ? sign_row_bytes(in) : ternary2_row_bytes(in);
+  return quantizer == WeightQuantizer::binary ? sign_row_bytes(in) : ternary2_row_bytes(in);
 }
 int64_t PackedLayer::n_groups() const { return group_size > 0 ? in / group_size : 0; }
-int64_t PackedLayer::scale_rows() const { return granularity == Granularity::tensor ? 1 : out; }
+int64_t PackedLayer::scale_rows() const { return granularity == ScaleGranularity::tensor ? 1 : out; }
 
 // ---------------------------------------------------------------------------------------------------------
 // pack / unpack
 // ---------------------------------------------------------------------------------------------------------
 
-PackedLayer pack_layer(Quantizer quantizer, Granularity granularity, int64_t group_size, int64_t out, int64_t in,
+PackedLayer pack_layer(WeightQuantizer quantizer, ScaleGranularity granularity, int64_t group_size, int64_t out, int64_t in,
                        const int8_t* q_codes, const float* scales, const int64_t* anchor_index,
                        const float* anchor_value, int64_t n_anchors) {
   auto fail = [](const std::string& m) { throw std::invalid_argument("pack_layer: " + m); };
   if (out < 1 || in < 1) fail("out = " + std::to_string(out) + ", in = " + std::to_string(in) + "; expected >= 1");
-  if (granularity != Granularity::group) group_size = in;
+  if (granularity != ScaleGranularity::group) group_size = in;
   if (group_size < 1 || in % group_size != 0)
     fail("group_size " + std::to_string(group_size) + " does not divide in = " + std::to_string(in));
   if (n_anchors < 0 || (n_anchors > 0 && (!anchor_index || !anchor_value))) fail("anchors given without data");
@@ -91,7 +86,7 @@ PackedLayer pack_layer(Quantizer quantizer, Granularity granularity, int64_t gro
   L.anchor_value.assign(anchor_value, anchor_value + n_anchors);
 
   std::vector<int8_t> codes(q_codes, q_codes + total);
-  const int8_t anchor_code = quantizer == Quantizer::binary ? 1 : 0;
+  const int8_t anchor_code = quantizer == WeightQuantizer::binary ? 1 : 0;
   for (int64_t k = 0; k < n_anchors; ++k) {
     const int v = codes[anchor_index[k]];
     if (v < -1 || v > 1)
@@ -99,7 +94,7 @@ PackedLayer pack_layer(Quantizer quantizer, Granularity granularity, int64_t gro
     codes[anchor_index[k]] = anchor_code;
   }
   try {
-    L.codes = quantizer == Quantizer::binary ? pack_signs(codes.data(), out, in) : pack_ternary_2bit(codes.data(), out, in);
+    L.codes = quantizer == WeightQuantizer::binary ? pack_signs(codes.data(), out, in) : pack_ternary_2bit(codes.data(), out, in);
   } catch (const std::invalid_argument& e) {
     fail(e.what());
   }
@@ -118,7 +113,7 @@ PackedLayer pack_layer(Quantizer quantizer, Granularity granularity, int64_t gro
 void validate_layer(const PackedLayer& L, const std::string& where) {
   auto fail = [&](const std::string& m) { throw FormatError(where + ": " + m); };
   if (L.out < 1 || L.in < 1) fail("out = " + std::to_string(L.out) + ", in = " + std::to_string(L.in) + "; expected >= 1");
-  if (L.granularity == Granularity::group) {
+  if (L.granularity == ScaleGranularity::group) {
     if (L.group_size < 1 || L.in % L.group_size != 0)
       fail("group_size " + std::to_string(L.group_size) + " does not divide in = " + std::to_string(L.in));
   } else if (L.group_size != L.in) {
@@ -135,8 +130,8 @@ void validate_layer(const PackedLayer& L, const std::string& where) {
   for (size_t k = 0; k < L.scales.size(); ++k)
     if ((L.scales[k] & 0x7c00u) == 0x7c00u) fail("scale " + std::to_string(k) + " is not finite");
   // Codes: no invalid 2-bit code 3, padding bits zero (files are canonical).
-  const int64_t per_byte = L.quantizer == Quantizer::binary ? 8 : 4;
-  const int bits = L.quantizer == Quantizer::binary ? 1 : 2;
+  const int64_t per_byte = L.quantizer == WeightQuantizer::binary ? 8 : 4;
+  const int bits = L.quantizer == WeightQuantizer::binary ? 1 : 2;
   for (int64_t r = 0; r < L.out; ++r)
     for (int64_t b = 0; b < rb; ++b) {
       const uint8_t byte = L.codes[r * rb + b];
@@ -166,7 +161,7 @@ void validate_layer(const PackedLayer& L, const std::string& where) {
 
 std::vector<int8_t> unpack_codes(const PackedLayer& L) {
   validate_layer(L, "unpack_codes");
-  return L.quantizer == Quantizer::binary ? unpack_signs(L.codes.data(), L.codes.size(), L.out, L.in)
+  return L.quantizer == WeightQuantizer::binary ? unpack_signs(L.codes.data(), L.codes.size(), L.out, L.in)
                                           : unpack_ternary_2bit(L.codes.data(), L.codes.size(), L.out, L.in);
 }
 
@@ -358,7 +353,7 @@ PackedModel read_packed(const SafetensorsFile& f) {
     if (L.in < 1 || L.out < 1 || L.in > (int64_t{1} << 40) || L.out > (int64_t{1} << 40) ||
         L.in > (int64_t{1} << 62) / L.out)
       fail(where + ": in = " + std::to_string(L.in) + ", out = " + std::to_string(L.out) + " out of range");
-    if (L.granularity == Granularity::group && (L.group_size < 1 || L.in % L.group_size != 0))
+    if (L.granularity == ScaleGranularity::group && (L.group_size < 1 || L.in % L.group_size != 0))
       fail(where + ": group_size " + std::to_string(L.group_size) + " does not divide in = " + std::to_string(L.in));
 
     auto tensor = [&](const char* suffix, Dtype dt, const std::vector<uint64_t>& shape) -> ByteSpan {
@@ -374,8 +369,8 @@ PackedModel read_packed(const SafetensorsFile& f) {
         fail("tensor '" + tn + "' has shape " + shape_str(t->shape) + "; expected one dimension");
       return f.bytes(*t);
     };
-    const int64_t ng = L.granularity == Granularity::group ? L.in / L.group_size : 1;
-    if (L.granularity != Granularity::group) {
+    const int64_t ng = L.granularity == ScaleGranularity::group ? L.in / L.group_size : 1;
+    if (L.granularity != ScaleGranularity::group) {
       if (L.group_size != L.in)
         fail(where + ": group_size " + std::to_string(L.group_size) + " for " + to_string(L.granularity) +
              " granularity; expected in = " + std::to_string(L.in));

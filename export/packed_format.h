@@ -29,20 +29,17 @@
 #include <vector>
 
 #include "export/safetensors.h"
+#include "kernels/quant_types.h"
 
 namespace bitforge::formats {
 
 constexpr const char* kPackedFormatName = "bitforge.packed";
 constexpr const char* kPackedFormatVersion = "1";
 
-enum class Quantizer { binary, ternary };
-enum class Granularity { tensor, channel, group };
-const char* to_string(Quantizer q);
-const char* to_string(Granularity g);
 
 struct PackedLayer {
-  Quantizer quantizer = Quantizer::binary;
-  Granularity granularity = Granularity::tensor;
+  WeightQuantizer quantizer = WeightQuantizer::binary;
+  ScaleGranularity granularity = ScaleGranularity::tensor;
   int64_t group_size = 0;  ///< input columns per scale; == in for tensor and channel granularity
   int64_t out = 0, in = 0;
   std::vector<uint8_t> codes;         ///< [out, row_bytes()]
@@ -60,7 +57,7 @@ struct PackedLayer {
 /// fp32, each exactly representable in fp16 (lossless is the contract). group_size is ignored (set to in)
 /// for tensor/channel granularity. anchors: n_anchors sorted unique flat indices and their values.
 /// Throws std::invalid_argument (naming the element) for anything else.
-PackedLayer pack_layer(Quantizer quantizer, Granularity granularity, int64_t group_size, int64_t out, int64_t in,
+PackedLayer pack_layer(WeightQuantizer quantizer, ScaleGranularity granularity, int64_t group_size, int64_t out, int64_t in,
                        const int8_t* q_codes, const float* scales, const int64_t* anchor_index = nullptr,
                        const float* anchor_value = nullptr, int64_t n_anchors = 0);
 

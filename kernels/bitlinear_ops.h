@@ -20,15 +20,15 @@
 
 #include <tuple>
 
+#include "kernels/quant_types.h"
+
 namespace bitforge::ops {
 
-enum class Quantizer : int64_t { binary = 1, ternary = 2 };
-/// STE kinds, applied to the normalised variable u = (W − μ)/α; dW_eff/dW (non-anchor, λ = 1) is:
+/// STE kinds (SteKind, kernels/quant_types.h; the `ste` argument is its integer value), applied to the normalised variable u = (W − μ)/α; dW_eff/dW (non-anchor, λ = 1) is:
 ///   identity:    1
 ///   clipped:     1 if |u| ≤ clip else 0               (Larq SteSign, Bi-Real weights)
 ///   approx_sign: 2 − 2|u| for |u| < 1, else 0          (Bi-Real Net ApproxSign, Liu et al. 2018)
 ///   tanh:        1.001 − tanh²(u)                      (OneBit / IR-Net style smooth surrogate)
-enum class Ste : int64_t { identity = 0, clipped = 1, approx_sign = 2, tanh = 3 };
 
 /// Fused forward: quantize + scale + anchor scatter (+ warm-up interpolation) in one pass, parallel over rows.
 /// Returns W_eff [out, in] float32. Throws c10::Error (TORCH_CHECK) on wrong dtype/shape/device, anchors out of

@@ -38,13 +38,14 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/quant_types.h"
+
 namespace bitforge::kernels {
 
-enum class PackedQuant { binary, ternary };
 enum class GemvImpl { automatic, scalar, avx2 };
 
 struct PackedMatrixView {
-  PackedQuant quant = PackedQuant::binary;
+  WeightQuantizer quant = WeightQuantizer::binary;
   int64_t out = 0, in = 0;
   int64_t group_size = 0;           ///< columns per scale (in for tensor/channel)
   int64_t scale_rows = 1;           ///< 1 or out
@@ -54,7 +55,7 @@ struct PackedMatrixView {
   const float* anchor_value = nullptr;
   int64_t n_anchors = 0;
 
-  int64_t row_bytes() const { return quant == PackedQuant::binary ? (in + 7) / 8 : (in + 3) / 4; }
+  int64_t row_bytes() const { return quant == WeightQuantizer::binary ? (in + 7) / 8 : (in + 3) / 4; }
   int64_t n_groups() const { return in / group_size; }
   /// Bytes the view's data occupies (codes + scales + anchor index/value).
   int64_t packed_bytes() const { return out * row_bytes() + scale_rows * n_groups() * 2 + n_anchors * 12; }
@@ -128,14 +129,14 @@ class RepackedMatrix {
   void gemv_i8(const int8_t* q, const float* s, int64_t M, float* y, int threads = 1,
                GemvImpl impl = GemvImpl::automatic) const;
 
-  PackedQuant quant() const { return quant_; }
+  WeightQuantizer quant() const { return quant_; }
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
   /// Bytes held: repacked codes (incl. block padding) + fp16 scales + anchors (index 8 B + δ 4 B).
   int64_t bytes() const;
 
  private:
-  PackedQuant quant_ = PackedQuant::binary;
+  WeightQuantizer quant_ = WeightQuantizer::binary;
   int64_t out_ = 0, in_ = 0, group_size_ = 0, n_groups_ = 0, blocks_ = 0, row_bytes_ = 0;
   std::vector<uint8_t> codes_;     // [blocks][row_bytes][32]
   std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits

@@ -169,7 +169,7 @@ __attribute__((target("avx2,fma"))) void f32_row_avx2(const PackedMatrixView& w,
                                                        const float* sc, const float* x, float* total) {
   constexpr int U = MB >= 4 ? 1 : (MB >= 2 ? 2 : 4);
   const int64_t ng = w.n_groups(), gs = w.group_size, in = w.in;
-  const bool binary = w.quant == PackedQuant::binary;
+  const bool binary = w.quant == WeightQuantizer::binary;
   const DecodeTables& t = decode_tables();
   for (int m = 0; m < MB; ++m) total[m] = 0.f;
   for (int64_t g = 0; g < ng; ++g) {
@@ -199,7 +199,7 @@ template <int MB>
 __attribute__((target("avx2,fma"))) void i8_row_avx2(const PackedMatrixView& w, const uint8_t* row,
                                                       const int8_t* q, int32_t* isum /* [MB, ng] */) {
   const int64_t ng = w.n_groups(), gs = w.group_size, in = w.in;
-  const bool binary = w.quant == PackedQuant::binary;
+  const bool binary = w.quant == WeightQuantizer::binary;
   const __m256i bin_idx = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
   const __m256i bin_bits = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128,  //

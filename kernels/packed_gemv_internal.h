@@ -38,8 +38,8 @@ inline float half_to_float(uint16_t h) {
 }
 
 /// Stored integer code of column c of a packed row: binary ±1, ternary code − 1 (∈ {−1, 0, 1, 2}).
-inline int code_at(PackedQuant quant, const uint8_t* row, int64_t c) {
-  if (quant == PackedQuant::binary) return ((row[c >> 3] >> (c & 7)) & 1) ? 1 : -1;
+inline int code_at(WeightQuantizer quant, const uint8_t* row, int64_t c) {
+  if (quant == WeightQuantizer::binary) return ((row[c >> 3] >> (c & 7)) & 1) ? 1 : -1;
   return static_cast<int>((row[c >> 2] >> (2 * (c & 3))) & 3) - 1;
 }
 

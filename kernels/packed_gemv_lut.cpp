@@ -353,15 +353,15 @@ T* scratch(size_t n) {
 
 bool RepackedMatrix::supports(const PackedMatrixView& w) {
   if (w.out < 1 || w.in < 1 || w.group_size < 1 || w.in % w.group_size != 0) return false;
-  return w.group_size % (w.quant == PackedQuant::binary ? 8 : 4) == 0;
+  return w.group_size % (w.quant == WeightQuantizer::binary ? 8 : 4) == 0;
 }
 
 RepackedMatrix::RepackedMatrix(const PackedMatrixView& w) {
   check_view(w);
   if (!supports(w))
     throw std::invalid_argument("RepackedMatrix: group_size " + std::to_string(w.group_size) + " of a " +
-                                (w.quant == PackedQuant::binary ? "binary" : "ternary") +
-                                " matrix is not a multiple of " + (w.quant == PackedQuant::binary ? "8" : "4"));
+                                (w.quant == WeightQuantizer::binary ? "binary" : "ternary") +
+                                " matrix is not a multiple of " + (w.quant == WeightQuantizer::binary ? "8" : "4"));
   quant_ = w.quant;
   out_ = w.out;
   in_ = w.in;
@@ -377,7 +377,7 @@ RepackedMatrix::RepackedMatrix(const PackedMatrixView& w) {
     uint8_t* dst = codes_.data() + b * row_bytes_ * kRows + i;
     for (int64_t k = 0; k < row_bytes_; ++k) {
       const uint8_t byte = row[k];
-      if (quant_ == PackedQuant::ternary)
+      if (quant_ == WeightQuantizer::ternary)
         for (int l = 0; l < 4; ++l)
           if (((byte >> (2 * l)) & 3) == 3)
             throw std::invalid_argument("RepackedMatrix: ternary code 3 (not in {0, 1, 2}) at row " + std::to_string(r) +
@@ -451,7 +451,7 @@ void add_anchors(const std::vector<int64_t>& index, const std::vector<float>& de
 void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* y, int threads, GemvImpl impl) const {
   if (M < 1 || !q || !s || !y) throw std::invalid_argument("RepackedMatrix::gemv_i8: M must be >= 1 and q, s, y non-null");
   const bool avx = pick_avx2(impl);
-  const bool binary = quant_ == PackedQuant::binary;
+  const bool binary = quant_ == WeightQuantizer::binary;
   const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   const int64_t in = in_, out = out_;
   lut_driver<uint8_t>(
@@ -477,7 +477,7 @@ void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* 
 void RepackedMatrix::gemv_f32(const float* x, int64_t M, float* y, int threads, GemvImpl impl) const {
   if (M < 1 || !x || !y) throw std::invalid_argument("RepackedMatrix::gemv_f32: M must be >= 1 and x, y non-null");
   const bool avx = pick_avx2(impl);
-  const bool binary = quant_ == PackedQuant::binary;
+  const bool binary = quant_ == WeightQuantizer::binary;
   const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   const int64_t in = in_, out = out_;
   lut_driver<float>(

@@ -49,8 +49,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   for pkg in "${missing[@]}"; do
     [ -e "${DEBS[$pkg]}" ] || die "package $pkg installed but ${DEBS[$pkg]} is still missing"
   done
-else
-  say "Debian packages: all present"
 fi
 
 # --- Python environment with LibTorch -------------------------------------------------------------------
@@ -74,24 +72,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$UV" venv -q --python "$PY_SYS" "$VENV" || die "uv venv $VENV failed"
 fi
+# Checked from the installed metadata (no import: torch and transformers take seconds to import).
 if ! "$VENV/bin/python" - "$TORCH_VERSION" <<'PYCHECK' 2>/dev/null
-import sys, torch, numpy, safetensors, transformers, tokenizers, sentencepiece
-sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
+import sys
+from importlib.metadata import version
+for pkg in ("numpy", "safetensors", "transformers", "tokenizers", "sentencepiece"):
+    version(pkg)
+sys.exit(0 if version("torch").split("+")[0] == sys.argv[1] else 1)
 PYCHECK
 then
   say "installing ${PY_PACKAGES[*]} into $VENV (PyPI; several GB the first time, cached in $UV_CACHE_DIR afterwards)"
   "$UV" pip install -q --python "$VENV/bin/python" "${PY_PACKAGES[@]}" || die "uv pip install ${PY_PACKAGES[*]} failed"
-else
-  say "Python environment: torch $TORCH_VERSION and the fixture libraries present in $VENV"
 fi
 
-# --- CUDA toolkit (optional: the build compiles CUDA sources when nvcc is found) -----------------------
+# --- CUDA toolkit (optional: the build compiles CUDA sources when nvcc is found; CMake checks it against torch) ---
+cuda="nvcc not found: CUDA kernels will not be compiled"
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
-  nvcc_ver="$("$NVCC" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')"
-  torch_cuda="$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")')"
-  say "nvcc $nvcc_ver, torch built with CUDA ${torch_cuda:-none}"
-else
-  say "nvcc not found: CUDA kernels will not be compiled (BITFORGE_CUDA=AUTO)"
+  cuda="nvcc $("$NVCC" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')"
 fi
-say "done"
+say "ready: Debian packages, torch $TORCH_VERSION in $VENV, $cuda"

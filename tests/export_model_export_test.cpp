@@ -17,6 +17,8 @@
 
 using namespace bitforge;
 using namespace bitforge::formats;
+using bitforge::ScaleGranularity;
+using bitforge::WeightQuantizer;
 
 namespace {
 
@@ -251,7 +253,7 @@ TEST(ModelExport, GgufRequantizesAndFoldsAnchorsAndReports) {
 
   // channel granularity: exact apart from the folded anchors; fold rule: binary code = sign(anchor value)
   auto s2 = gguf_spec();
-  s2.granularity = Granularity::channel;
+  s2.granularity = ScaleGranularity::channel;
   s2.anchor_fraction = 0.002;
   const auto m2 = gguf_model(s2, 4);
   export_gguf(m2, path);
@@ -271,13 +273,13 @@ TEST(ModelExport, GgufRequantizesAndFoldsAnchorsAndReports) {
 
 TEST(ModelExport, GgufTernaryTypesAndDenseFallback) {
   auto s = gguf_spec();
-  s.quantizer = Quantizer::ternary;
-  s.granularity = Granularity::channel;
+  s.quantizer = WeightQuantizer::ternary;
+  s.granularity = ScaleGranularity::channel;
   const auto m = gguf_model(s, 5);
   const std::string path = temp_path("d.gguf");
-  for (auto [opt, type, bpw] : {std::tuple{GgufTernary::tq2_0, GgmlType::TQ2_0, 2.0625},
-                                std::tuple{GgufTernary::tq1_0, GgmlType::TQ1_0, 1.6875},
-                                std::tuple{GgufTernary::q2_0, GgmlType::Q2_0, 2.25}}) {
+  for (auto [opt, type, bpw] : {std::tuple{GgufTernaryType::tq2_0, GgmlType::TQ2_0, 2.0625},
+                                std::tuple{GgufTernaryType::tq1_0, GgmlType::TQ1_0, 1.6875},
+                                std::tuple{GgufTernaryType::q2_0, GgmlType::Q2_0, 2.25}}) {
     GgufExportOptions o;
     o.ternary = opt;
     const auto rep = export_gguf(m, path, o);
@@ -294,7 +296,7 @@ TEST(ModelExport, GgufTernaryTypesAndDenseFallback) {
   }
   // a row length that is not a multiple of 256 → dense fallback, reported
   auto s2 = tiny::tiny_spec();  // H = 64
-  s2.quantizer = Quantizer::ternary;
+  s2.quantizer = WeightQuantizer::ternary;
   s2.anchor_fraction = 0;
   auto m2 = tiny::tiny_model(s2, 6);
   m2.tokenizer_kind = "sentencepiece";

@@ -11,14 +11,16 @@
 #include "tests/fixtures/export/test_util.h"
 
 using namespace bitforge::formats;
+using bitforge::ScaleGranularity;
+using bitforge::WeightQuantizer;
 using bitforge::test::TempDir;
 
 namespace {
 
 struct Trained {
   int64_t out, in, group_size;
-  Quantizer q;
-  Granularity g;
+  WeightQuantizer q;
+  ScaleGranularity g;
   std::vector<int8_t> codes;  // anchors hold 0, as BitLinear::codes() does
   std::vector<float> scales;  // fp16-representable fp32
   std::vector<int64_t> anchor_index;
@@ -26,14 +28,14 @@ struct Trained {
   std::vector<float> w_eff;  // what training computes: scale * code, anchors at full precision
 };
 
-Trained make_trained(Quantizer q, Granularity g, int64_t out, int64_t in, int64_t group_size, uint32_t seed) {
+Trained make_trained(WeightQuantizer q, ScaleGranularity g, int64_t out, int64_t in, int64_t group_size, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 0.02f);
-  Trained t{out, in, g == Granularity::group ? group_size : in, q, g, {}, {}, {}, {}, {}};
-  const int64_t ng = in / t.group_size, sr = g == Granularity::tensor ? 1 : out;
+  Trained t{out, in, g == ScaleGranularity::group ? group_size : in, q, g, {}, {}, {}, {}, {}};
+  const int64_t ng = in / t.group_size, sr = g == ScaleGranularity::tensor ? 1 : out;
   for (int64_t i = 0; i < sr * ng; ++i) t.scales.push_back(fp16_to_fp32(fp32_to_fp16(std::fabs(nd(rng)) + 1e-3f)));
   t.codes.resize(out * in);
-  for (auto& c : t.codes) c = q == Quantizer::binary ? (rng() & 1 ? 1 : -1) : static_cast<int8_t>(int(rng() % 3) - 1);
+  for (auto& c : t.codes) c = q == WeightQuantizer::binary ? (rng() & 1 ? 1 : -1) : static_cast<int8_t>(int(rng() % 3) - 1);
   for (int64_t i = 0; i < out * in; i += 1 + static_cast<int64_t>(rng() % 97)) {
     t.anchor_index.push_back(i);
     t.anchor_value.push_back(nd(rng) * 10);
@@ -62,8 +64,8 @@ PackedModel small_model() {
   m.config = "model:\n  hidden: 64\n";
   m.tokenizer_kind = "bytes";
   m.tokenizer = {0, 1, 2, 250, 255};
-  m.layers["model.layers.0.mlp.up_proj.weight"] = pack(make_trained(Quantizer::binary, Granularity::group, 6, 256, 128, 1));
-  m.layers["model.layers.0.mlp.down_proj.weight"] = pack(make_trained(Quantizer::ternary, Granularity::channel, 5, 33, 0, 2));
+  m.layers["model.layers.0.mlp.up_proj.weight"] = pack(make_trained(WeightQuantizer::binary, ScaleGranularity::group, 6, 256, 128, 1));
+  m.layers["model.layers.0.mlp.down_proj.weight"] = pack(make_trained(WeightQuantizer::ternary, ScaleGranularity::channel, 5, 33, 0, 2));
   m.tensors["model.embed_tokens.weight"] = PackedTensor{Dtype::BF16, {4, 8}, std::vector<uint8_t>(64, 0x3f)};
   return m;
 }
@@ -105,14 +107,14 @@ const std::string kDown = "model.layers.0.mlp.down_proj.weight";
 }  // namespace
 
 TEST(ExportPacked, UnpackIsBitIdenticalToTrainingEffectiveWeight) {
-  for (Quantizer q : {Quantizer::binary, Quantizer::ternary})
-    for (Granularity g : {Granularity::tensor, Granularity::channel, Granularity::group})
+  for (WeightQuantizer q : {WeightQuantizer::binary, WeightQuantizer::ternary})
+    for (ScaleGranularity g : {ScaleGranularity::tensor, ScaleGranularity::channel, ScaleGranularity::group})
       for (int64_t in : {1, 7, 33, 130, 257, 256}) {
         int64_t gs = in;
-        if (g == Granularity::group) gs = in == 130 ? 65 : in == 256 ? 128 : in == 33 ? 11 : in;
+        if (g == ScaleGranularity::group) gs = in == 130 ? 65 : in == 256 ? 128 : in == 33 ? 11 : in;
         const Trained t = make_trained(q, g, 3, in, gs, static_cast<uint32_t>(in * 7 + int(g) * 3 + int(q)));
         const PackedLayer L = pack(t);
-        EXPECT_EQ(static_cast<int64_t>(L.codes.size()), 3 * (q == Quantizer::binary ? (in + 7) / 8 : (in + 3) / 4));
+        EXPECT_EQ(static_cast<int64_t>(L.codes.size()), 3 * (q == WeightQuantizer::binary ? (in + 7) / 8 : (in + 3) / 4));
         expect_bits_equal(unpack_layer(L), t.w_eff);
       }
 }
@@ -125,8 +127,8 @@ TEST(ExportPacked, FileRoundTripEachGranularityAndQuantizer) {
   for (int i = 0; i < 256; ++i) m.tokenizer.push_back(static_cast<uint8_t>(255 - i));
   std::map<std::string, Trained> trained;
   int k = 0;
-  for (Quantizer q : {Quantizer::binary, Quantizer::ternary})
-    for (Granularity g : {Granularity::tensor, Granularity::channel, Granularity::group}) {
+  for (WeightQuantizer q : {WeightQuantizer::binary, WeightQuantizer::ternary})
+    for (ScaleGranularity g : {ScaleGranularity::tensor, ScaleGranularity::channel, ScaleGranularity::group}) {
       const std::string name = "model.layers." + std::to_string(k) + ".self_attn.q_proj.weight";
       trained.emplace(name, make_trained(q, g, 4 + k, 130, 65, 100 + k));
       m.layers[name] = pack(trained.at(name));
@@ -160,15 +162,15 @@ TEST(ExportPacked, FileRoundTripEachGranularityAndQuantizer) {
 }
 
 TEST(ExportPacked, PackRejectsInexactScalesAndBadCodes) {
-  Trained t = make_trained(Quantizer::binary, Granularity::tensor, 2, 8, 0, 5);
+  Trained t = make_trained(WeightQuantizer::binary, ScaleGranularity::tensor, 2, 8, 0, 5);
   t.scales[0] = 0.1f;
   BF_EXPECT_THROW_MSG(pack(t), std::invalid_argument, "not exactly representable in fp16");
-  Trained b = make_trained(Quantizer::binary, Granularity::tensor, 2, 200, 0, 6);
+  Trained b = make_trained(WeightQuantizer::binary, ScaleGranularity::tensor, 2, 200, 0, 6);
   int64_t pos = 1;
   while (std::find(b.anchor_index.begin(), b.anchor_index.end(), pos) != b.anchor_index.end()) ++pos;
   b.codes[pos] = 0;  // zero outside an anchor is not a binary code
   BF_EXPECT_THROW_MSG(pack(b), std::invalid_argument, "expected -1 or +1");
-  Trained g = make_trained(Quantizer::ternary, Granularity::group, 2, 10, 5, 7);
+  Trained g = make_trained(WeightQuantizer::ternary, ScaleGranularity::group, 2, 10, 5, 7);
   BF_EXPECT_THROW_MSG(pack_layer(g.q, g.g, 4, g.out, g.in, g.codes.data(), g.scales.data()), std::invalid_argument,
                       "group_size 4 does not divide in = 10");
 }

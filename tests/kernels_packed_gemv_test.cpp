@@ -32,7 +32,7 @@ struct Packed {
   std::vector<int8_t> q;  // unpacked integer codes as stored
 };
 
-Packed make(bk::PackedQuant quant, int64_t out, int64_t in, int64_t gs, bool per_row, int64_t n_anchors,
+Packed make(bitforge::WeightQuantizer quant, int64_t out, int64_t in, int64_t gs, bool per_row, int64_t n_anchors,
             uint32_t seed) {
   std::mt19937 rng(seed);
   Packed p;
@@ -45,11 +45,11 @@ Packed make(bk::PackedQuant quant, int64_t out, int64_t in, int64_t gs, bool per
   const int64_t rb = v.row_bytes();
   p.codes.assign(out * rb, 0);
   p.q.resize(out * in);
-  std::uniform_int_distribution<int> code(quant == bk::PackedQuant::binary ? 0 : -1, 1);
+  std::uniform_int_distribution<int> code(quant == bitforge::WeightQuantizer::binary ? 0 : -1, 1);
   for (int64_t r = 0; r < out; ++r)
     for (int64_t c = 0; c < in; ++c) {
       int cv = code(rng);
-      if (quant == bk::PackedQuant::binary) {
+      if (quant == bitforge::WeightQuantizer::binary) {
         cv = cv == 0 ? -1 : 1;
         if (cv > 0) p.codes[r * rb + c / 8] |= uint8_t(1u << (c % 8));
       } else {
@@ -73,7 +73,7 @@ Packed make(bk::PackedQuant quant, int64_t out, int64_t in, int64_t gs, bool per
     p.av.push_back(nv(rng));
     // the packed format stores +1 (binary) / 0 (ternary) at anchors
     const int64_t r = k / in, c = k % in;
-    if (quant == bk::PackedQuant::binary) {
+    if (quant == bitforge::WeightQuantizer::binary) {
       p.codes[r * rb + c / 8] |= uint8_t(1u << (c % 8));
       p.q[k] = 1;
     } else {
@@ -111,14 +111,14 @@ QuantizedCase quantized_reference(const bk::PackedMatrixView& w, int64_t M, int 
 }
 
 struct Shape {
-  bk::PackedQuant quant;
+  bitforge::WeightQuantizer quant;
   int64_t out, in, gs;
   bool per_row;
   int64_t anchors;
 };
 
 std::vector<Shape> shapes() {
-  using Q = bk::PackedQuant;
+  using Q = bitforge::WeightQuantizer;
   std::vector<Shape> s;
   for (Q q : {Q::binary, Q::ternary}) {
     s.push_back({q, 37, 256, 128, true, 9});   // group 128
@@ -216,7 +216,7 @@ TEST(PackedGemv, A16WithinToleranceThreadsIdentical) {
 }
 
 TEST(PackedGemv, DequantRowMatchesUnpackAndAnchorsAreExact) {
-  auto p = make(bk::PackedQuant::binary, 9, 256, 128, true, 12, 7);
+  auto p = make(bitforge::WeightQuantizer::binary, 9, 256, 128, true, 12, 7);
   const auto W = bk::packed_unpack_reference(p.view);
   for (size_t k = 0; k < p.ai.size(); ++k) EXPECT_EQ(W[p.ai[k]], p.av[k]);
   std::vector<float> row(256);
@@ -235,7 +235,7 @@ TEST(PackedGemv, DequantRowMatchesUnpackAndAnchorsAreExact) {
 }
 
 TEST(PackedGemv, RejectsInconsistentViews) {
-  auto p = make(bk::PackedQuant::ternary, 4, 64, 32, true, 0, 3);
+  auto p = make(bitforge::WeightQuantizer::ternary, 4, 64, 32, true, 0, 3);
   auto v = p.view;
   v.group_size = 30;
   std::vector<float> x(64), y(4);
@@ -258,7 +258,7 @@ TEST(PackedGemv, RejectsInconsistentViews) {
 
 namespace {
 std::vector<Shape> lut_shapes() {
-  using Q = bk::PackedQuant;
+  using Q = bitforge::WeightQuantizer;
   std::vector<Shape> s;
   for (const auto& sh : shapes()) {
     bk::PackedMatrixView v;
@@ -306,9 +306,9 @@ TEST(RepackedMatrix, A8BitExactAgainstUnpackReferenceAllPathsThreadsAndBatch) {
 TEST(RepackedMatrix, A8ExtremeActivationsDoNotOverflowInt16) {
   // every code +1 (binary) / +1 (ternary), every q = −128: each table entry is −512 (binary) / −256 (ternary), the
   // largest magnitudes the int16 segment sums can meet; one group spans the whole 4096-column row
-  for (auto quant : {bk::PackedQuant::binary, bk::PackedQuant::ternary}) {
+  for (auto quant : {bitforge::WeightQuantizer::binary, bitforge::WeightQuantizer::ternary}) {
     auto p = make(quant, 40, 4096, 4096, true, 0, 9);
-    std::fill(p.codes.begin(), p.codes.end(), quant == bk::PackedQuant::binary ? 0xff : 0xaa);
+    std::fill(p.codes.begin(), p.codes.end(), quant == bitforge::WeightQuantizer::binary ? 0xff : 0xaa);
     const bk::RepackedMatrix R(p.view);
     for (int8_t v : {int8_t(-128), int8_t(127)}) {
       std::vector<int8_t> q(4096, v);
@@ -364,10 +364,10 @@ TEST(RepackedMatrix, A16AvxEqualsScalarBitForBitAndWithinTolerance) {
 }
 
 TEST(RepackedMatrix, RejectsWhatItCannotRepack) {
-  auto p = make(bk::PackedQuant::binary, 4, 20, 4, true, 0, 3);  // binary group 4: not a byte of columns
+  auto p = make(bitforge::WeightQuantizer::binary, 4, 20, 4, true, 0, 3);  // binary group 4: not a byte of columns
   EXPECT_FALSE(bk::RepackedMatrix::supports(p.view));
   EXPECT_THROW(bk::RepackedMatrix R(p.view), std::invalid_argument);
-  auto t = make(bk::PackedQuant::ternary, 4, 64, 32, true, 0, 4);
+  auto t = make(bitforge::WeightQuantizer::ternary, 4, 64, 32, true, 0, 4);
   t.codes[5] |= 0x0c;  // a code 3 in row 0, column 4·5 + 1
   try {
     bk::RepackedMatrix R(t.view);
@@ -375,7 +375,7 @@ TEST(RepackedMatrix, RejectsWhatItCannotRepack) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("row 0, column 21"), std::string::npos) << e.what();
   }
-  auto ok = make(bk::PackedQuant::ternary, 4, 64, 32, true, 0, 5);
+  auto ok = make(bitforge::WeightQuantizer::ternary, 4, 64, 32, true, 0, 5);
   const bk::RepackedMatrix R(ok.view);
   std::vector<float> x(64), y(4);
   EXPECT_THROW(R.gemv_f32(x.data(), 0, y.data()), std::invalid_argument);

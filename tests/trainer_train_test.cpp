@@ -10,6 +10,7 @@
 
 #include "data/prepare.h"
 #include "trainer/checkpoint.h"
+#include "trainer/losses.h"
 #include "trainer/train.h"
 
 namespace fs = std::filesystem;
@@ -103,7 +104,9 @@ TEST(Train, ResumeGivesBitIdenticalLossSequence) {
 
   // Killed after 6 steps (the last checkpoint is at step 4), then resumed with resume_from_checkpoint: auto.
   auto spec = tiny_spec(tiny_config(b), b);
-  spec.fail_after_steps = 6;
+  spec.on_step_end = [](const StepInfo& s) {  // a kill after 6 steps, through the public callback
+    if (s.steps_this_run >= 6) throw std::runtime_error("simulated kill");
+  };
   EXPECT_THROW(train(spec), std::runtime_error);
   auto cfg = tiny_config(b);
   cfg.train.resume_from_checkpoint = "auto";
@@ -173,8 +176,17 @@ TEST(Train, NonFiniteGuardStopsBeforeTheOptimizerStepOrSkips) {
   cfg.train.max_steps = 5;
   cfg.train.save_steps = 0;
   auto spec = tiny_spec(cfg, d);
-  spec.inject_nan_at_step = true;
-  spec.nan_step = 2;
+  // The loss of optimizer step 3 (0-based step 2: all its micro-batches) is NaN, through the public loss hook.
+  const int64_t accum = cfg.train.gradient_accumulation_steps;
+  auto nan_at_step_2 = [accum]() {
+    return LossFn([accum, calls = std::make_shared<int64_t>(0)](Transformer& model, const torch::Tensor& input,
+                                                                 const torch::Tensor& labels,
+                                                                 std::map<std::string, double>&) {
+      auto loss = token_cross_entropy(model->forward(input), labels);
+      return (*calls)++ / accum == 2 ? loss * std::numeric_limits<float>::quiet_NaN() : loss;
+    });
+  };
+  spec.loss = nan_at_step_2();
   try {
     train(spec);
     FAIL() << "a NaN loss did not stop training";
@@ -183,6 +195,7 @@ TEST(Train, NonFiniteGuardStopsBeforeTheOptimizerStepOrSkips) {
   }
   EXPECT_FALSE(latest_checkpoint(d + "/checkpoints").has_value());  // nothing was saved from a poisoned state
   spec.config.train.on_nonfinite = NonFinitePolicy::skip;
+  spec.loss = nan_at_step_2();
   auto r = train(spec);
   EXPECT_EQ(r.skipped_steps, 1);
   EXPECT_EQ(r.losses.size(), 4u);

@@ -17,7 +17,7 @@
 
 #include <torch/torch.h>
 
-#include "trainer/config.h"
+#include "config/config.h"
 
 namespace bitforge {
 

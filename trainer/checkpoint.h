@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
-#include "trainer/config.h"
+#include "config/config.h"
 #include "trainer/model.h"
 
 namespace bitforge {

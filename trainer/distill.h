@@ -9,7 +9,7 @@
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
-#include "trainer/config.h"
+#include "config/config.h"
 #include "trainer/model.h"
 #include "trainer/train.h"
 

@@ -34,7 +34,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/config.h"
+#include "config/config.h"
 #include "trainer/model.h"
 
 namespace bitforge {

@@ -34,7 +34,7 @@
 
 #include <cstdint>
 
-#include "trainer/config.h"
+#include "config/config.h"
 
 namespace bitforge {
 

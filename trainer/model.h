@@ -57,7 +57,7 @@
 #include <vector>
 
 #include "trainer/bitlinear.h"
-#include "trainer/config.h"
+#include "config/config.h"
 
 namespace bitforge {
 

@@ -275,7 +275,6 @@ TrainResult train(const TrainSpec& spec) {
         AutocastGuard ac(t.bf16, device);
         loss = loss_fn(model, b.input, b.labels, parts);
       }
-      if (spec.inject_nan_at_step && step == spec.nan_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
       (loss / static_cast<double>(t.gradient_accumulation_steps)).backward();
       step_loss += loss.item<double>() / static_cast<double>(t.gradient_accumulation_steps);
     }
@@ -327,8 +326,7 @@ TrainResult train(const TrainSpec& spec) {
       metrics.write({{"step", done}, {"val_loss", ev.loss}, {"val_perplexity", ev.perplexity}});
     }
     if (t.save_steps > 0 && done % t.save_steps == 0 && done != t.max_steps) save(done);
-    if (spec.fail_after_steps >= 0 && steps_this_run >= spec.fail_after_steps)
-      throw std::runtime_error(fmt::format("simulated failure after {} steps (test hook)", steps_this_run));
+    if (spec.on_step_end) spec.on_step_end(StepInfo{spec.stage, done, steps_this_run, step_loss, lr, gnorm, tokens_seen});
   }
 
   result.steps = t.max_steps;

@@ -12,7 +12,7 @@
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
-#include "trainer/config.h"
+#include "config/config.h"
 #include "trainer/model.h"
 
 namespace bitforge {
@@ -46,6 +46,16 @@ EvalResult evaluate(Transformer& model, const data::SequentialLoader& loader, in
 using LossFn = std::function<torch::Tensor(Transformer& model, const torch::Tensor& input, const torch::Tensor& labels,
                                            std::map<std::string, double>& parts)>;
 
+/// What on_step_end sees of one finished optimizer step.
+struct StepInfo {
+  std::string stage;
+  int64_t step = 0;            ///< optimizer steps done (1-based)
+  int64_t steps_this_run = 0;  ///< steps executed by this train() call (excludes those restored by a resume)
+  double loss = 0;             ///< train loss of the step (mean over its micro-batches)
+  double lr = 0, grad_norm = 0;
+  int64_t tokens = 0;          ///< tokens seen so far
+};
+
 struct TrainSpec {
   std::string stage = "train";       ///< name in logs
   std::string output_dir;            ///< stage directory: checkpoints/, metrics.jsonl, loss.png
@@ -54,9 +64,10 @@ struct TrainSpec {
   Config config;                     ///< effective config of this stage (quant.weight none = full precision)
   LossFn loss;                       ///< default: token cross-entropy
   std::function<void(Transformer&)> init;  ///< called on a fresh (not resumed) model, e.g. copy teacher weights
-  int64_t fail_after_steps = -1;     ///< testing: throw after this many optimizer steps (simulated kill)
-  bool inject_nan_at_step = false;   ///< testing: make the loss NaN at step `nan_step`
-  int64_t nan_step = -1;
+  /// Called after every optimizer step (after its logging, evaluation and checkpoint), like HF TrainerCallback's
+  /// on_step_end: progress reporting, early stopping (throw to stop; a checkpoint already saved stays), custom
+  /// metrics. Not called for a step the non-finite guard skipped.
+  std::function<void(const StepInfo&)> on_step_end;
 };
 
 struct TrainResult {

@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "export/packed_format.h"
-#include "trainer/config.h"  // ModelConfig (plain struct)
+#include "config/model_config.h"
 
 namespace bitforge::runtime {
 

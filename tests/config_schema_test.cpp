@@ -6,7 +6,7 @@
 #include <fstream>
 #include <random>
 
-#include "trainer/config.h"
+#include "config/config.h"
 
 using namespace bitforge;
 

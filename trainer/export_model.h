@@ -1,8 +1,6 @@
-// Header-only adapter: trainer Transformer (+ tokenizer) → formats::ExportModel (export/model_export.h).
-//
-// Header-only on purpose: bitforge_export must not call trainer symbols (bitforge_trainer links
-// bitforge_export), so only code that links bitforge_trainer (the CLI, tests/trainer_export_*_test.cpp)
-// includes this file.
+// Adapter: trainer Transformer (+ tokenizer) → formats::ExportModel (export/model_export.h), the plain data the
+// exporters write. It lives in trainer/ because it reads the trainer's modules; export/ sits below and never sees
+// a Transformer.
 //
 // What it takes from the model (trainer/bitlinear.h, trainer/model.h):
 //   quantized BitLinear `<path>` → ExportLayer "<path>.weight": codes() (anchors hold 0), scales() (fp16-exact
@@ -42,10 +40,8 @@ inline formats::ExportModel make_export_model(const Transformer& model, const da
     formats::ExportLayer L;
     L.name = path + ".weight";
     quantized.insert(L.name);
-    L.quantizer = q.weight == WeightQuantizer::binary ? formats::Quantizer::binary : formats::Quantizer::ternary;
-    L.granularity = q.granularity == ScaleGranularity::tensor    ? formats::Granularity::tensor
-                    : q.granularity == ScaleGranularity::channel ? formats::Granularity::channel
-                                                                 : formats::Granularity::group;
+    L.quantizer = q.weight;
+    L.granularity = q.granularity;
     L.group_size = bl->group_size();
     L.out = bl->out_features();
     L.in = bl->in_features();

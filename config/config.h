@@ -1,4 +1,4 @@
-// bitforge configuration: the one schema. Plain structs with defaults; trainer/config.cpp maps YAML onto them
+// bitforge configuration: the one schema. Plain structs with defaults; config/config.cpp maps YAML onto them
 // (strict: unknown keys, wrong types, out-of-range values and contradictions are errors naming file:line and
 // the key path). Names follow Hugging Face TrainingArguments where one exists.
 #pragma once
@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "config/model_config.h"
+#include "data/corpus.h"
+#include "data/prepare.h"
+
 namespace bitforge {
 
 /// Thrown for any invalid configuration: message names the file (or `--set`), line, key path and what was
@@ -20,79 +24,19 @@ class ConfigError : public std::runtime_error {
 };
 
 // ----------------------------------------------------------------------------------------------------------
-// model: the decoder's shape (hparams). Llama/Qwen3 family.
-// ----------------------------------------------------------------------------------------------------------
-enum class MlpActivation { swiglu, relu2 };  // relu2 = squared ReLU (BitNet b1.58 2B4T)
-
-struct ModelConfig {
-  std::string arch = "llama";            ///< llama | qwen3 (qwen3 = per-head RMSNorm on q and k)
-  int64_t vocab_size = 0;                ///< 0 = take it from the tokenizer
-  int64_t hidden_size = 256;             ///< d_model
-  int64_t intermediate_size = 768;       ///< MLP width
-  int64_t num_hidden_layers = 4;
-  int64_t num_attention_heads = 4;
-  int64_t num_key_value_heads = 4;       ///< GQA: must divide num_attention_heads
-  int64_t head_dim = 0;                  ///< 0 = hidden_size / num_attention_heads
-  int64_t max_position_embeddings = 256; ///< context length
-  double rope_theta = 10000.0;
-  double rms_norm_eps = 1e-6;
-  bool tie_word_embeddings = true;
-  MlpActivation hidden_act = MlpActivation::swiglu;
-  bool subln = false;                    ///< extra RMSNorm before o_proj and down_proj (BitNet 2B4T / BitDistill)
-  bool attention_bias = false;
-
-  int64_t resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
-};
-
-// ----------------------------------------------------------------------------------------------------------
-// quant: what BitLinear does (trainer/bitlinear.h). `weight: none` gives the full-precision model.
-// ----------------------------------------------------------------------------------------------------------
-enum class WeightQuantizer { none, binary, ternary };
-enum class ScaleGranularity { tensor, channel, group };
-enum class ScaleMode { learned, absmean };
-enum class SteKind { identity, clipped, approx_sign, tanh };
-enum class ActivationQuant { none, int8, int4 };
-enum class AnchorSelection { magnitude, saliency };
-
-struct QuantConfig {
-  WeightQuantizer weight = WeightQuantizer::binary;
-  bool mean_center = false;                       ///< BitNet b1: sign(W - mean(W))
-  ScaleGranularity granularity = ScaleGranularity::group;
-  int64_t group_size = 128;                       ///< along in_features; 128 = GGUF Q1_0 block
-  ScaleMode scale_mode = ScaleMode::learned;
-  bool lsq_grad_scale = false;                    ///< multiply scale grad by 1/sqrt(N*Qp) (LSQ, Esser et al. 2019)
-  bool fp16_scales = true;                        ///< round α to fp16 in the forward (STE) so export is lossless
-  SteKind ste = SteKind::identity;
-  double ste_clip = 1.0;                          ///< clipped STE passes where |w| <= ste_clip * alpha
-  ActivationQuant activations = ActivationQuant::none;
-  bool input_norm = false;                        ///< RMSNorm inside BitLinear before activation quantization
-  double norm_eps = 1e-6;                         ///< epsilon of that RMSNorm
-  double anchor_fraction = 0.001;                 ///< fraction of each layer's weights kept full precision
-  AnchorSelection anchor_selection = AnchorSelection::magnitude;
-  int64_t anchor_update_steps = 100;              ///< re-select anchors every N steps ...
-  int64_t anchor_freeze_step = 1000;              ///< ... until this step, then keep them fixed
-  int64_t warmup_lambda_steps = 0;                ///< λ = min(step / N, 1); 0 = fully quantized from step 0
-  /// Which projections are BitLinear: any of attention, mlp, lm_head, embedding.
-  std::vector<std::string> layers = {"attention", "mlp"};
-
-  bool enabled() const { return weight != WeightQuantizer::none; }
-  bool quantizes(const std::string& part) const;
-};
-
-// ----------------------------------------------------------------------------------------------------------
 // data
 // ----------------------------------------------------------------------------------------------------------
-enum class CorpusFormat { text_dir, jsonl, text_file };
-enum class TokenizerKind { sentencepiece_bpe, sentencepiece_unigram, byte };
+using data::CorpusFormat;   // data/corpus.h
+using data::TokenizerKind;  // data/prepare.h
 
 struct DataConfig {
   CorpusFormat format = CorpusFormat::text_dir;
-  std::string path = "/usr/share/doc/python3.11/html/_sources";
-  std::string glob = "**/*.rst.txt";   ///< for text_dir
+  std::string path = data::kDefaultCorpusDir;
+  std::string glob = data::kDefaultCorpusGlob;  ///< for text_dir
   std::string text_field = "text";     ///< for jsonl
   TokenizerKind tokenizer = TokenizerKind::sentencepiece_bpe;
-  int64_t vocab_size = 4096;           ///< SentencePiece vocabulary (byte: fixed 256 + specials)
-  double val_fraction = 0.05;          ///< fraction of documents held out, split by document
+  int64_t vocab_size = data::kDefaultVocabSize;  ///< SentencePiece vocabulary (byte: fixed 256 + specials)
+  double val_fraction = data::kDefaultValFraction;  ///< fraction of documents held out, split by document
   int64_t max_documents = 0;           ///< 0 = all
   std::string output_dir = "";         ///< "" = <run_dir>/data
 };

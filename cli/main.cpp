@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "trainer/commands.h"
+#include "cli/commands.h"
 #include "trainer/logging.h"
 
 namespace {
@@ -38,8 +38,8 @@ void add_activation_bits(CLI::App* sub, int& bits) {
       ->check(CLI::IsMember({0, 8}));
 }
 
-bitforge::CommandContext make_context(const Common& c) {
-  bitforge::CommandContext ctx;
+bitforge::cli::RunContext make_context(const Common& c) {
+  bitforge::cli::RunContext ctx;
   ctx.config_path = c.config_path;
   auto overrides = c.overrides;
   if (c.threads > 0) overrides.push_back("train.threads=" + std::to_string(c.threads));
@@ -123,17 +123,24 @@ int main(int argc, char** argv) {
   try {
     if (insp->parsed()) {
       bitforge::set_log_level(common.log_level.empty() ? "info" : common.log_level);
-      return bitforge::cmd_inspect(inspect_path, json);
+      return bitforge::cli::cmd_inspect(inspect_path, json);
     }
     auto ctx = make_context(common);
-    if (run->parsed()) return bitforge::cmd_run(ctx);
-    if (prep->parsed()) return bitforge::cmd_prepare_data(ctx);
-    if (train->parsed()) return bitforge::cmd_train(ctx);
-    if (distill->parsed()) return bitforge::cmd_distill(ctx);
-    if (exp->parsed()) return bitforge::cmd_export(ctx, checkpoint, output);
-    if (ev->parsed()) return bitforge::cmd_eval(ctx, model_path, reference, json, eval_act_bits);
-    if (gen->parsed())
-      return bitforge::cmd_generate(ctx, model_path, prompt, max_new, temperature, top_k, top_p, seed, gen_act_bits);
+    if (run->parsed()) return bitforge::cli::cmd_run(ctx);
+    if (prep->parsed()) return bitforge::cli::cmd_prepare_data(ctx);
+    if (train->parsed()) return bitforge::cli::cmd_train(ctx);
+    if (distill->parsed()) return bitforge::cli::cmd_distill(ctx);
+    if (exp->parsed()) return bitforge::cli::cmd_export(ctx, checkpoint, output);
+    if (ev->parsed()) return bitforge::cli::cmd_eval(ctx, model_path, reference, json, eval_act_bits);
+    if (gen->parsed()) {
+      bitforge::runtime::GenerationOptions go;
+      go.max_new_tokens = max_new;
+      go.temperature = temperature;
+      go.top_k = top_k;
+      go.top_p = top_p;
+      go.seed = seed;
+      return bitforge::cli::cmd_generate(ctx, model_path, prompt, go, gen_act_bits);
+    }
   } catch (const bitforge::ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;

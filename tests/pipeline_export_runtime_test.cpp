@@ -1,4 +1,4 @@
-// Transformer → export → packed runtime parity (the test that matters most for export/runtime.h), and GGUF
+// Transformer → export → packed runtime parity (the test that matters most for runtime/packed_runtime.h), and GGUF
 // export of a real Transformer (lossless Q1_0 with the q/k permutation, anchors reported, refusals).
 //
 // For small random Transformers (binary and ternary; tensor / channel / group scales; anchors; A16, A8 and A4
@@ -15,8 +15,8 @@
 #include "export/gguf.h"
 #include "export/inspect.h"
 #include "export/model_export.h"
-#include "export/runtime.h"
-#include "export/transformer_export.h"
+#include "runtime/packed_runtime.h"
+#include "trainer/export_model.h"
 #include "trainer/model.h"
 #include "tests/fixtures/export/test_util.h"
 

@@ -1,10 +1,10 @@
-// Packed runtime (export/runtime.h) against an independent plain-LibTorch decoder written here from the
+// Packed runtime (runtime/packed_runtime.h) against an independent plain-LibTorch decoder written here from the
 // exporter's data (unpacked weights, explicit softmax attention, rotate-half RoPE written out per pair), plus
 // KV-cache decoding, windows for perplexity, KL/top-1, sampling and errors.
 // Tolerance: 1e-4 of max|logit| for float activations; 2e-3 with A8/A4 activation quantization, because this
 // reference's different fp32 rounding can move an activation across an integer rounding boundary (the exact
 // parity with the trainer's own forward is tests/trainer_export_runtime_test.cpp).
-#include "export/runtime.h"
+#include "runtime/packed_runtime.h"
 
 #include <gtest/gtest.h>
 
@@ -139,8 +139,8 @@ std::vector<std::pair<std::string, TinySpec>> specs() {
   auto s = tiny::tiny_spec();
   out.emplace_back("binary group32 A16", s);
   auto t = s;
-  t.quantizer = formats::Quantizer::ternary;
-  t.granularity = formats::Granularity::channel;
+  t.quantizer = WeightQuantizer::ternary;
+  t.granularity = ScaleGranularity::channel;
   t.activation_bits = 8;
   out.emplace_back("ternary channel A8", t);
   auto q = s;
@@ -149,14 +149,14 @@ std::vector<std::pair<std::string, TinySpec>> specs() {
   q.quantize_lm_head = true;
   q.input_norm = true;
   q.activation_bits = 4;
-  q.granularity = formats::Granularity::tensor;
+  q.granularity = ScaleGranularity::tensor;
   out.emplace_back("qwen3 binary tensor A4 input-norm quantized lm_head", q);
   auto r = s;
   r.model.hidden_act = MlpActivation::relu2;
   r.model.subln = true;
   r.model.attention_bias = true;
   r.model.tie_word_embeddings = false;
-  r.quantizer = formats::Quantizer::ternary;
+  r.quantizer = WeightQuantizer::ternary;
   r.group_size = 16;
   out.emplace_back("ternary group16 relu2 subln bias untied", r);
   return out;

@@ -1,5 +1,5 @@
-// Packed-model CPU runtime; contract in export/runtime.h, operations mirror trainer/model.cpp.
-#include "export/runtime.h"
+// Packed-model CPU runtime; contract in runtime/packed_runtime.h, operations mirror trainer/model.cpp.
+#include "runtime/packed_runtime.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -36,10 +36,10 @@ std::vector<float> to_f32(const formats::PackedTensor& t) {
 
 kernels::PackedMatrixView view_of(const formats::PackedLayer& L) {
   kernels::PackedMatrixView v;
-  v.quant = L.quantizer == formats::Quantizer::binary ? kernels::PackedQuant::binary : kernels::PackedQuant::ternary;
+  v.quant = L.quantizer == WeightQuantizer::binary ? WeightQuantizer::binary : WeightQuantizer::ternary;
   v.out = L.out;
   v.in = L.in;
-  v.group_size = L.granularity == formats::Granularity::group ? L.group_size : L.in;
+  v.group_size = L.granularity == ScaleGranularity::group ? L.group_size : L.in;
   v.scale_rows = L.scale_rows();
   v.codes = L.codes.data();
   v.scales = L.scales.data();

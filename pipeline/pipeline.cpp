@@ -1,4 +1,4 @@
-#include "trainer/commands.h"
+#include "pipeline/pipeline.h"
 
 #include <spdlog/spdlog.h>
 
@@ -14,8 +14,9 @@
 #include "data/baseline.h"
 #include "export/inspect.h"
 #include "export/model_export.h"
-#include "export/runtime.h"
-#include "export/transformer_export.h"
+#include "runtime/evaluate.h"
+#include "runtime/packed_runtime.h"
+#include "trainer/export_model.h"
 #include "data/prepare.h"
 #include "trainer/checkpoint.h"
 #include "trainer/distill.h"
@@ -25,14 +26,15 @@
 
 namespace fs = std::filesystem;
 
-namespace bitforge {
+namespace bitforge::pipeline {
+
 namespace {
 
-std::string data_dir(const CommandContext& ctx) {
+std::string data_dir(const RunContext& ctx) {
   return ctx.config.data.output_dir.empty() ? (fs::path(ctx.run_dir) / "data").string() : ctx.config.data.output_dir;
 }
 
-data::PrepareDataOptions prepare_options(const CommandContext& ctx) {
+data::PrepareDataOptions prepare_options(const RunContext& ctx) {
   const auto& d = ctx.config.data;
   data::PrepareDataOptions o;
   o.corpus_format = d.format == CorpusFormat::text_dir  ? data::CorpusFormat::text_dir
@@ -52,14 +54,11 @@ data::PrepareDataOptions prepare_options(const CommandContext& ctx) {
   return o;
 }
 
-struct Prepared {
-  data::PreparedData data;
-  std::shared_ptr<data::Tokenizer> tokenizer;
-  double unigram_ppl = 0;
-};
 
 /// Prepared data for this run (prepares it when missing or stale; prepare_data reuses up-to-date outputs).
-Prepared ensure_data(CommandContext& ctx) {
+}  // namespace
+
+Prepared ensure_data(RunContext& ctx) {
   Prepared p;
   p.data = data::prepare_data(prepare_options(ctx));
   p.tokenizer = data::load_tokenizer(p.data.tokenizer_path);
@@ -72,7 +71,7 @@ Prepared ensure_data(CommandContext& ctx) {
   return p;
 }
 
-void begin_run(CommandContext& ctx) {
+void begin_run(RunContext& ctx) {
   fs::create_directories(ctx.run_dir);
   add_log_file(ctx.run_dir);
   save_config(ctx.config, (fs::path(ctx.run_dir) / "config.yaml").string());
@@ -89,6 +88,8 @@ Config teacher_config(const Config& c) {
   }
   return t;
 }
+
+namespace {
 
 TrainSpec spec_for(const std::string& stage, const std::string& dir, const Config& cfg, const Prepared& p) {
   TrainSpec s;
@@ -130,48 +131,21 @@ bool is_packed_file(const std::string& path) {
   return fs::is_regular_file(path) && path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
 }
 
-/// Perplexity of the packed runtime on exactly the windows evaluate() uses (same rows, same labels), and
-/// optionally KL(reference‖packed) and top-1 agreement against a reference Transformer on the same rows.
-struct PackedEval {
-  double loss = 0, perplexity = 0, kl = -1, top1 = -1;
-  int64_t tokens = 0;
-};
-PackedEval evaluate_packed(runtime::PackedRuntime& rt, const data::SequentialLoader& val, int64_t max_batches,
-                           Transformer* reference) {
-  torch::NoGradGuard ng;
-  PackedEval r;
-  double nll = 0, kl = 0, agree = 0;
-  const int64_t T = val.seq_len();
-  const int64_t n = std::min<int64_t>(val.num_batches(), max_batches);
-  for (int64_t i = 0; i < n; ++i) {
-    const auto ids = val.batch(i);
-    for (int64_t row = 0; row < val.rows(i); ++row) {
-      std::vector<int32_t> toks(ids.begin() + row * (T + 1), ids.begin() + row * (T + 1) + T);
-      auto labels = torch::from_blob(const_cast<int32_t*>(ids.data()) + row * (T + 1) + 1, {T}, torch::kInt).to(torch::kLong);
-      rt.reset();
-      auto logits = rt.logits(toks).to(torch::kFloat);
-      auto lp = torch::log_softmax(logits.to(torch::kDouble), -1);
-      nll -= lp.gather(1, labels.unsqueeze(1)).sum().item<double>();
-      r.tokens += T;
-      if (reference) {
-        auto in = torch::tensor(std::vector<int64_t>(toks.begin(), toks.end()), torch::kLong).unsqueeze(0);
-        auto ref = (*reference)->forward(in).squeeze(0).to(torch::kFloat);
-        auto c = runtime::kl_and_top1(ref, logits);
-        kl += c.mean_kl * static_cast<double>(c.positions);
-        agree += c.top1 * static_cast<double>(c.positions);
-      }
-    }
-  }
-  r.loss = r.tokens ? nll / static_cast<double>(r.tokens) : 0;
-  r.perplexity = std::exp(r.loss);
-  if (reference && r.tokens) r.kl = kl / static_cast<double>(r.tokens), r.top1 = agree / static_cast<double>(r.tokens);
-  return r;
+/// The reference model's logits [T, V] for one window, on the CPU in fp32 (what runtime::evaluate_packed compares).
+runtime::ReferenceLogits reference_logits(Transformer& model) {
+  return [&model](const std::vector<int32_t>& toks) {
+    torch::NoGradGuard ng;
+    auto in = torch::tensor(std::vector<int64_t>(toks.begin(), toks.end()), torch::kLong).unsqueeze(0);
+    return model->forward(in).squeeze(0).to(torch::kFloat);
+  };
 }
+
+}  // namespace
 
 /// Exports a checkpoint (directory) to <out>/model.packed.safetensors and, when configured and possible,
 /// <out>/model.gguf; measures what the packed file and GGUF lose against the checkpoint on the val windows and
 /// writes <out>/export_report.json. Returns the packed file's path.
-std::string export_checkpoint(const CommandContext& ctx, const std::string& checkpoint, const std::string& out,
+std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoint, const std::string& out,
                               const std::string& val_shard) {
   auto lm = load_model(checkpoint);
   fs::create_directories(out);
@@ -192,7 +166,7 @@ std::string export_checkpoint(const CommandContext& ctx, const std::string& chec
   const torch::Device cpu(torch::kCPU);
   auto ck = evaluate(lm.model, val, val.num_batches(), cpu);
   auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads));
-  auto pe = evaluate_packed(*rt, val, val.num_batches(), &lm.model);
+  auto pe = runtime::evaluate_packed(*rt, val, val.num_batches(), reference_logits(lm.model));
   rp.measured = {{"checkpoint_perplexity", ck.perplexity}, {"packed_perplexity", pe.perplexity},
                  {"relative_difference", std::abs(pe.perplexity - ck.perplexity) / ck.perplexity},
                  {"kl_checkpoint_packed", pe.kl}, {"top1_agreement", pe.top1}, {"tokens", pe.tokens},
@@ -203,28 +177,13 @@ std::string export_checkpoint(const CommandContext& ctx, const std::string& chec
                rt->resident_weight_bytes(), rt->fp16_bytes());
   // What GGUF cannot hold, measured: the same model with every anchor folded into its code (as the GGUF writer
   // does: binary sign, ternary round-clip at the layer's scale), run by the packed runtime on the same windows.
-  int64_t n_anchors = 0;
   auto folded = em;
-  for (auto& L : folded.layers) {
-    const int64_t n_groups = L.granularity == formats::Granularity::group ? L.in / L.group_size : 1;
-    for (size_t i = 0; i < L.anchor_index.size(); ++i) {
-      const int64_t idx = L.anchor_index[i], r = idx / L.in, c = idx % L.in;
-      const int64_t srow = L.granularity == formats::Granularity::tensor ? 0 : r;
-      const float a = L.scales[static_cast<size_t>(srow * n_groups + c / (L.in / n_groups))];
-      const float v = L.anchor_value[i];
-      L.codes[static_cast<size_t>(idx)] =
-          L.quantizer == formats::Quantizer::binary ? (v >= 0 ? 1 : -1)
-                                                    : static_cast<int8_t>(std::max(-1.f, std::min(1.f, std::nearbyint(v / a))));
-    }
-    n_anchors += static_cast<int64_t>(L.anchor_index.size());
-    L.anchor_index.clear();
-    L.anchor_value.clear();
-  }
+  const int64_t n_anchors = formats::fold_anchors(folded);
   if (n_anchors > 0) {
     const std::string tmp = (fs::path(out) / "anchors-folded.tmp.safetensors").string();
     formats::export_packed(folded, tmp, po);
     auto rf = runtime::PackedRuntime::open(tmp, static_cast<int>(ctx.config.train.threads));
-    auto fe = evaluate_packed(*rf, val, val.num_batches(), &lm.model);
+    auto fe = runtime::evaluate_packed(*rf, val, val.num_batches(), reference_logits(lm.model));
     fs::remove(tmp);
     rp.measured["anchors_folded"] = {{"anchors", n_anchors}, {"perplexity", fe.perplexity},
                                      {"kl_checkpoint_folded", fe.kl}, {"top1_agreement", fe.top1}};
@@ -237,9 +196,7 @@ std::string export_checkpoint(const CommandContext& ctx, const std::string& chec
     const std::string gguf = (fs::path(out) / "model.gguf").string();
     try {
       formats::GgufExportOptions go;
-      go.ternary = ctx.config.export_.gguf_ternary == GgufTernaryType::tq1_0  ? formats::GgufTernary::tq1_0
-                   : ctx.config.export_.gguf_ternary == GgufTernaryType::q2_0 ? formats::GgufTernary::q2_0
-                                                                              : formats::GgufTernary::tq2_0;
+      go.ternary = ctx.config.export_.gguf_ternary;
       go.name = ctx.config.run.name;
       auto rg = formats::export_gguf(em, gguf, go);
       if (rp.measured.contains("anchors_folded")) rg.measured = rp.measured["anchors_folded"];
@@ -255,28 +212,26 @@ std::string export_checkpoint(const CommandContext& ctx, const std::string& chec
   return packed;
 }
 
-}  // namespace
-
-int cmd_prepare_data(CommandContext& ctx) {
+Prepared prepare_data_stage(RunContext& ctx) {
   begin_run(ctx);
   auto p = ensure_data(ctx);
   spdlog::info("data ready in {}: tokenizer {} (vocab {}), train {}, val {}; val unigram perplexity {:.2f}",
                p.data.dir, p.tokenizer->kind(), p.tokenizer->vocab_size(), p.data.train_path, p.data.val_path,
                p.unigram_ppl);
-  return 0;
+  return p;
 }
 
-int cmd_train(CommandContext& ctx) {
+TrainResult train_stage(RunContext& ctx) {
   begin_run(ctx);
   auto p = ensure_data(ctx);
   const std::string stage = ctx.config.quant.enabled() ? "student" : "teacher";
   auto r = train(spec_for(stage, (fs::path(ctx.run_dir) / stage).string(), ctx.config, p));
   spdlog::info("{} done: val perplexity {:.2f} (unigram {:.2f}), {:.0f} tok/s, checkpoint {}", stage,
                r.val.perplexity, p.unigram_ppl, r.tokens_per_second, r.checkpoint_dir);
-  return 0;
+  return r;
 }
 
-int cmd_distill(CommandContext& ctx) {
+DistillResult distill_stage(RunContext& ctx) {
   begin_run(ctx);
   auto p = ensure_data(ctx);
   std::string teacher = ctx.config.distill.teacher;
@@ -285,10 +240,10 @@ int cmd_distill(CommandContext& ctx) {
                             p.data.val_path, p.tokenizer);
   spdlog::info("distilled student: val perplexity {:.2f} (teacher {:.2f}), KL {:.4f}, top-1 {:.1f}%, checkpoint {}",
                r.student.perplexity, r.teacher.perplexity, r.kl, 100 * r.top1, r.train.checkpoint_dir);
-  return 0;
+  return r;
 }
 
-int cmd_run(CommandContext& ctx) {
+void run(RunContext& ctx) {
   const auto t0 = std::chrono::steady_clock::now();
   begin_run(ctx);
   spdlog::info("bitforge run '{}' → {} (stages: {})", ctx.config.run.name, ctx.run_dir,
@@ -346,10 +301,9 @@ int cmd_run(CommandContext& ctx) {
   spdlog::info("run finished in {}; outputs in {}", format_duration(std::chrono::duration<double>(
                                                         std::chrono::steady_clock::now() - t0).count()),
                ctx.run_dir);
-  return 0;
 }
 
-int cmd_export(CommandContext& ctx, const std::string& checkpoint, const std::string& output) {
+std::string export_stage(RunContext& ctx, const std::string& checkpoint, const std::string& output) {
   begin_run(ctx);
   auto p = ensure_data(ctx);
   std::string src = checkpoint;
@@ -361,12 +315,12 @@ int cmd_export(CommandContext& ctx, const std::string& checkpoint, const std::st
       }
     if (src.empty()) throw std::runtime_error("export: no --checkpoint given and no student checkpoint in " + ctx.run_dir);
   }
-  export_checkpoint(ctx, src, output.empty() ? (fs::path(ctx.run_dir) / "export").string() : output, p.data.val_path);
-  return 0;
+  return export_checkpoint(ctx, src, output.empty() ? (fs::path(ctx.run_dir) / "export").string() : output,
+                           p.data.val_path);
 }
 
-int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::string& reference, bool json,
-             int activation_bits) {
+nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, const std::string& reference,
+                              int activation_bits) {
   if (activation_bits && !is_packed_file(model_path))
     throw std::runtime_error("eval: --activation-bits applies to a packed .safetensors model, not to " + model_path);
   if (is_packed_file(model_path)) {
@@ -380,18 +334,13 @@ int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::stri
                                ctx.config.eval.max_batches);
     std::optional<LoadedModel> ref;
     if (!reference.empty()) ref = load_model(reference);
-    auto pe = evaluate_packed(*rt, val, ctx.config.eval.max_batches, ref ? &ref->model : nullptr);
-    nlohmann::json j{{"model", model_path}, {"val_loss", pe.loss}, {"val_perplexity", pe.perplexity},
+    auto pe = runtime::evaluate_packed(*rt, val, ctx.config.eval.max_batches,
+                                       ref ? reference_logits(ref->model) : runtime::ReferenceLogits{});
+    nlohmann::json j{{"model", model_path}, {"packed", true}, {"val_loss", pe.loss}, {"val_perplexity", pe.perplexity},
                      {"tokens", pe.tokens}, {"unigram_val_perplexity", p.unigram_ppl},
                      {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
     if (ref) j["reference"] = ref->checkpoint_dir, j["kl"] = pe.kl, j["top1_agreement"] = pe.top1;
-    if (json)
-      std::printf("%s\n", j.dump(2).c_str());
-    else
-      spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens; resident weights {} bytes (FP16 {}){}",
-                   model_path, pe.loss, pe.perplexity, pe.tokens, rt->resident_weight_bytes(), rt->fp16_bytes(),
-                   ref ? fmt::format("; KL(ref‖packed) {:.2e}, top-1 {:.2f}%", pe.kl, 100 * pe.top1) : "");
-    return 0;
+    return j;
   }
   auto lm = load_model(model_path);
   const torch::Device dev = select_device(ctx.config.train);
@@ -404,8 +353,8 @@ int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::stri
   data::SequentialLoader val(p.data.val_path, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
                              ctx.config.eval.max_batches);
   auto ev = evaluate(lm.model, val, ctx.config.eval.max_batches, dev);
-  nlohmann::json j{{"model", lm.checkpoint_dir}, {"val_loss", ev.loss}, {"val_perplexity", ev.perplexity},
-                   {"tokens", ev.tokens}, {"unigram_val_perplexity", p.unigram_ppl}};
+  nlohmann::json j{{"model", lm.checkpoint_dir}, {"packed", false}, {"val_loss", ev.loss},
+                   {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"unigram_val_perplexity", p.unigram_ppl}};
   if (!reference.empty()) {
     auto ref = load_model(reference);
     ref.model->to(dev);
@@ -414,20 +363,11 @@ int cmd_eval(CommandContext& ctx, const std::string& model_path, const std::stri
     j["kl"] = cmp.kl;
     j["top1_agreement"] = cmp.top1;
   }
-  if (json) {
-    std::printf("%s\n", j.dump(2).c_str());
-  } else {
-    spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {:.2f}){}", lm.checkpoint_dir,
-                 ev.loss, ev.perplexity, ev.tokens, p.unigram_ppl,
-                 j.contains("kl") ? fmt::format("; KL(ref‖model) {:.5f}, top-1 agreement {:.2f}%", j["kl"].get<double>(),
-                                                100 * j["top1_agreement"].get<double>())
-                                  : "");
-  }
-  return 0;
+  return j;
 }
 
-int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::string& prompt, int64_t max_new_tokens,
-                 double temperature, int64_t top_k, double top_p, uint64_t seed, int activation_bits) {
+Generated generate_text(RunContext& ctx, const std::string& model_path, const std::string& prompt,
+                        const runtime::GenerationOptions& options, int activation_bits) {
   std::string packed = model_path;
   if (!is_packed_file(model_path)) {
     // A checkpoint runs through the same packed runtime (KV cache): export it to a temporary packed file.
@@ -442,33 +382,24 @@ int cmd_generate(CommandContext& ctx, const std::string& model_path, const std::
   std::vector<int32_t> ids{tok->bos_id()};
   auto enc = tok->encode(prompt);
   ids.insert(ids.end(), enc.begin(), enc.end());
-  runtime::GenerationOptions go;
-  go.max_new_tokens = max_new_tokens;
-  go.temperature = temperature;
-  go.top_k = top_k;
-  go.top_p = top_p;
-  go.seed = seed;
+  runtime::GenerationOptions go = options;
   go.eos_id = tok->eos_id();
-  runtime::GenerationStats st;
-  auto out = rt->generate(ids, go, &st);
-  std::printf("%s%s\n", prompt.c_str(), tok->decode(out).c_str());
-  spdlog::info("generate: prompt {} tokens in {:.1f} ms ({:.1f} tokens/s), decode {} tokens in {:.1f} ms ({:.1f} "
-               "tokens/s){}; resident weights {} bytes (FP16 {})",
-               st.prompt_tokens, st.prompt_seconds * 1e3, st.prompt_tokens_per_s(), st.generated_tokens - 1,
-               st.decode_seconds * 1e3, st.decode_tokens_per_s(), activation_bits ? ", int8 activations" : "",
-               rt->resident_weight_bytes(), rt->fp16_bytes());
-  return 0;
+  Generated g;
+  auto out = rt->generate(ids, go, &g.stats);
+  g.text = tok->decode(out);
+  g.resident_weight_bytes = rt->resident_weight_bytes();
+  g.fp16_bytes = rt->fp16_bytes();
+  return g;
 }
 
-int cmd_inspect(const std::string& path, bool json) {
+std::string inspect_path(const std::string& path, bool json) {
   std::string target = path;
   if (fs::is_directory(path)) {
     auto ck = fs::exists(fs::path(path) / "COMPLETE") ? std::optional<std::string>(path) : latest_checkpoint(path);
     if (!ck) throw std::runtime_error(path + ": no checkpoint (step-*/ with COMPLETE) here");
     target = (fs::path(*ck) / "model.safetensors").string();
   }
-  std::printf("%s", formats::inspect_file(target, json).c_str());
-  return 0;
+  return formats::inspect_file(target, json);
 }
 
-}  // namespace bitforge
+}  // namespace bitforge::pipeline

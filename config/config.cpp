@@ -1,6 +1,6 @@
 // The config schema in one place: every key, its type, default (from config.h), range and enum values.
 // Reading and writing both go through the same table, so the effective config reloads to the same values.
-#include "trainer/config.h"
+#include "config/config.h"
 
 #include <yaml-cpp/yaml.h>
 
