@@ -737,6 +737,12 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
   std::vector<const HfAddedToken*> norm_ptrs;
   for (const auto& t : impl->norm_added) norm_ptrs.push_back(&t);
   impl->norm_matcher.build(norm_ptrs);
+  // tokenizers decodes (and id_to_token spells) a normalized added token by its normalized form
+  // (AddedVocabulary::simple_id_to_token uses normalized_cache).
+  for (const auto& t : impl->norm_added) {
+    impl->id_token[t.id] = t.content;
+    impl->id_bytes[t.id] = unicode_to_bytes(t.content, &raw) ? raw : t.content;
+  }
 
   // --- special tokens ---
   const auto id_of = [&](const std::string& content) -> int32_t {

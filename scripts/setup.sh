@@ -60,7 +60,7 @@ fi
 # a fresh environment (CI builds one from nothing on every run, see .ci/run) costs no download after the first.
 PY_SYS="$(command -v python3 || true)"
 [ -n "$PY_SYS" ] || die "python3 not found; install python3"
-PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece)
+PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece protobuf)
 UV_HOME="${BITFORGE_UV_HOME:-$HOME/.cache/bitforge/uv}"
 export UV_CACHE_DIR="${UV_CACHE_DIR:-$HOME/.cache/bitforge/uv-cache}"
 export UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
@@ -77,7 +77,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$UV" venv -q --python "$PY_SYS" "$VENV" || die "uv venv $VENV failed"
 fi
 if ! "$VENV/bin/python" - "$TORCH_VERSION" <<'PYCHECK' 2>/dev/null
-import sys, torch, numpy, safetensors, transformers, tokenizers, sentencepiece
+import sys, torch, numpy, safetensors, transformers, tokenizers, sentencepiece, google.protobuf
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PYCHECK
 then
