@@ -1080,6 +1080,13 @@ std::string HfBpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   return utf8_lossy(bytes);
 }
 
+int32_t HfBpeTokenizer::token_to_id(std::string_view token) const {
+  for (const auto& t : impl_->added)
+    if (impl_->id_token[t.id] == token) return t.id;
+  auto it = impl_->vocab.find(std::string(token));
+  return it == impl_->vocab.end() ? -1 : it->second;
+}
+
 std::string HfBpeTokenizer::token_bytes(int32_t id) const {
   check_hf_id(id, impl_->vocab_size);
   return impl_->id_bytes[id];
@@ -1205,15 +1212,13 @@ std::vector<std::string> hf_tokenizer_files(const std::string& path) {
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
   const auto files = hf_tokenizer_files(path);
   const fs::path first(files[0]);
-  if (first.filename() == "tokenizer.model") {
-    return sentencepiece_from_bytes(read_file_bytes(first.string()), first.string());
+  if (first.filename() != "tokenizer.json") {
+    // tokenizer.model (SentencePiece, or what save_tokenizer wrote under that name) or any other tokenizer file:
+    // the kind is detected from the bytes.
+    return load_tokenizer(first.string());
   }
   const std::string text = read_file_bytes(first.string());
   if (text.compare(0, std::strlen(kBlobPrefix), kBlobPrefix) == 0) return hf_from_blob(text, first.string());
-  if (first.filename() != "tokenizer.json") {
-    // Any other file name: a tokenizer.json under another name (no siblings read).
-    return HfBpeTokenizer::from_json(text, "", "", first.string());
-  }
   const fs::path dir = first.parent_path();
   const std::string tc = read_if_exists(dir / "tokenizer_config.json");
   const std::string c = read_if_exists(dir / "config.json");

@@ -14,6 +14,9 @@
 //  4. Pre-tokenization: a `Sequence` of `Split` (Regex or String pattern, every SplitDelimiterBehavior, invert) and
 //     `ByteLevel` (add_prefix_space, use_regex with the GPT-2 regex), or one of them alone. Regexes run in PCRE2
 //     (JIT, UTF + UCP: \p{L}, \p{N}, \s are Unicode classes, as in tokenizers' Oniguruma). Empty pieces are dropped.
+//     Unicode tables are those of the Debian libraries (PCRE2 10.42, utf8proc 2.6: Unicode 14 / 13), tokenizers'
+//     Rust crates are newer: characters assigned after Unicode 13 may classify or normalize differently.
+//     single_word's \w is PCRE2's (letters, digits, underscore; Rust's also counts marks and connectors).
 //  5. Every pre-token is mapped byte -> unicode (GPT-2's bytes_to_unicode) and merged by BPE: with ignore_merges a
 //     pre-token that is itself in the vocabulary is one token; otherwise the lowest-rank merge is applied first,
 //     leftmost among equal ranks (a min-heap on (rank, position), tokenizers' `Word::merge_all`). Results of
@@ -110,6 +113,9 @@ class HfBpeTokenizer final : public Tokenizer {
   // The pre-tokens of `text` (after added-token splitting, normalization and pre-tokenization, before the byte
   // mapping), in order; added tokens appear as their text. For tests and debugging.
   std::vector<std::string> pre_tokenize(std::string_view text) const;
+  // The id of a token given by its string (an added token's content such as "<|im_start|>", or a model token in
+  // byte-to-unicode spelling such as "Ġthe"); -1 when there is none. Added tokens win, as in tokenizers.
+  int32_t token_to_id(std::string_view token) const;
   // The raw bytes token `id` decodes to (no skipping, no UTF-8 repair). Throws DataError for a bad id.
   std::string token_bytes(int32_t id) const;
 
@@ -137,7 +143,8 @@ std::string utf8_lossy(std::string_view bytes);
 //    whose tokenizer.json is the SentencePiece model converted by transformers); else DataError listing what the
 //    directory lacks;
 //  * a tokenizer.json file (tokenizer_config.json / config.json beside it are read when present);
-//  * a serialised hf_bpe blob (what serialize() wrote).
+//  * any other file: as load_tokenizer (kind detected from the bytes: SentencePiece, byte, hf_bpe blob or a
+//    tokenizer.json under another name).
 // Throws DataError naming the file and JSON key for unsupported or malformed input.
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
 

@@ -8,7 +8,18 @@
 //    (0.1.97). Llama's conventions: unk = 0 "<unk>", bos = 1 "<s>", eos = 2 "</s>", no pad; byte_fallback (the 256
 //    pieces "<0x00>".."<0xFF>" follow the control pieces, ids 3..258), identity normalisation, whitespace kept,
 //    digits split — so decode(encode(s)) == s for every valid UTF-8 string s. The serialised form is the
-//    SentencePiece ModelProto (the usual `tokenizer.model` file).
+//    SentencePiece ModelProto (the usual `tokenizer.model` file). Any Llama-2 / Mistral style tokenizer.model
+//    loads too (load_tokenizer on the file or its HF model directory).
+//    Equality with HF `tokenizers` (tests/data_hf_tokenizer_test.cpp, whole default corpus + edge texts):
+//    encode(s) == HF encode(s, add_special_tokens=False) and decode(ids) == HF decode(ids,
+//    skip_special_tokens=True) for the tokenizer.json Llama-2 / Mistral repositories ship (transformers 4.x
+//    "legacy" conversion: normalizer Prepend("▁") + Replace(" ", "▁"): the dummy prefix "▁" is always added,
+//    as SentencePiece's add_dummy_prefix and llama.cpp's SPM tokenizer do). Two conventions differ from HF and
+//    are kept on purpose: (1) the control pieces' text ("<s>", "</s>", "<unk>") written inside a text is encoded
+//    as ordinary text (HF splits it out as the special id; a corpus document that quotes "</s>" must not end the
+//    document); (2) against a tokenizer.json freshly converted by transformers 5.x (Metaspace, prepend_scheme
+//    "first"), a text that starts with a space differs: HF adds no "▁" there, SentencePiece / Llama-2's file /
+//    llama.cpp do. Every other text gives the same ids.
 //  * Byte-level (kind "byte"): id b (0..255) is the byte b, bos = 256, eos = 257; no unk, no pad; vocab 258.
 //    The serialised form is a small JSON object {"kind":"byte","version":1}.
 //  * Hugging Face byte-level BPE (kind "hf_bpe", data/hf_tokenizer.h): tokenizer.json of GPT-2 / Qwen2 / Qwen3 /

@@ -205,8 +205,11 @@ TEST(DataHfTokenizer, SpecialTokensSplitBeforePreTokenization) {
   for (const auto& p : pieces)
     if (p.rfind("<|", 0) == 0) specials.push_back(p);
   EXPECT_EQ(specials, (std::vector<std::string>{"<|im_start|>", "<|endoftext|>", "<|endoftext|>"}));
+  EXPECT_EQ(hf->token_to_id("no such token"), -1);
+  EXPECT_EQ(hf->token_to_id(hf->piece(42)), 42);
   // Their ids are the ones transformers reports for the added tokens.
   for (const auto& a : ref_of("qwen")["added"]) {
+    EXPECT_EQ(hf->token_to_id(a["content"].get<std::string>()), a["id"].get<int32_t>());
     const auto ids = tok->encode(a["content"].get<std::string>());
     ASSERT_EQ(ids.size(), 1u) << a["content"];
     EXPECT_EQ(ids[0], a["id"].get<int32_t>());
