@@ -421,6 +421,9 @@ struct HfBpeTokenizer::Impl {
 
 namespace {
 
+// Ids index dense tables: a bound keeps a malformed file from asking for gigabytes (real vocabularies: < 300k).
+constexpr int64_t kMaxId = int64_t{1} << 22;
+
 [[noreturn]] void fail(const std::string& what, const std::string& key, const std::string& msg) {
   throw DataError(fmt::format("{}: key '{}': {}", what, key, msg));
 }
@@ -497,8 +500,8 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
   if (!vocab.is_object()) fail(what, "model.vocab", "expected an object {token: id}");
   int32_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > (1 << 30))
-      fail(what, "model.vocab." + it.key(), "expected a non-negative integer id");
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() >= kMaxId)
+      fail(what, "model.vocab." + it.key(), fmt::format("expected an integer id in [0, {})", kMaxId));
     const auto id = static_cast<int32_t>(it.value().get<int64_t>());
     impl->vocab[it.key()] = id;
     max_id = std::max(max_id, id);
@@ -515,8 +518,9 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
           !a["content"].is_string())
         fail(what, path, "expected {\"id\": int, \"content\": string, ...}");
       HfAddedToken t;
+      if (a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= kMaxId)
+        fail(what, path + ".id", fmt::format("expected an id in [0, {})", kMaxId));
       t.id = a["id"].get<int32_t>();
-      if (t.id < 0) fail(what, path + ".id", "expected a non-negative id");
       t.content = a["content"].get<std::string>();
       t.special = get_bool(a, "special", false, path, what);
       t.lstrip = get_bool(a, "lstrip", false, path, what);
@@ -533,11 +537,14 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
     for (auto it = atd.begin(); it != atd.end(); ++it) {
       const std::string path = "added_tokens_decoder." + it.key();
       int32_t id = -1;
+      std::size_t used = 0;
       try {
-        id = std::stoi(it.key());
+        id = std::stoi(it.key(), &used);
       } catch (...) {
-        fail(w, path, "expected an integer id as the key");
+        used = 0;
       }
+      if (used == 0 || used != it.key().size() || id < 0 || id >= kMaxId)
+        fail(w, path, fmt::format("expected an integer id in [0, {}) as the key", kMaxId));
       if (added.count(id)) continue;  // tokenizer.json is authoritative
       std::string content;
       if (!token_content(it.value(), &content)) fail(w, path, "expected {\"content\": string, ...}");
