@@ -40,10 +40,14 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--tokenizer") tokenizer = next();
-    else if (a == "--corpus") corpus = next();
-    else if (a == "--rounds") rounds = std::max(1, std::atoi(next().c_str()));
-    else if (a == "--python") python = next();
+    if (a == "--tokenizer")
+      tokenizer = next();
+    else if (a == "--corpus")
+      corpus = next();
+    else if (a == "--rounds")
+      rounds = std::max(1, std::atoi(next().c_str()));
+    else if (a == "--python")
+      python = next();
     else {
       std::fprintf(stderr, "usage: %s [--tokenizer PATH] [--corpus DIR] [--rounds N] [--python PY]\n", argv[0]);
       return 2;
@@ -74,8 +78,9 @@ int main(int argc, char** argv) {
     std::string json_path = tokenizer;
     if (fs::is_directory(json_path)) json_path += "/tokenizer.json";
     const std::string script = std::string(BITFORGE_SOURCE_DIR) + "/bench/bench_tokenizer_hf.py";
-    const std::string cmd = fmt::format("TOKENIZERS_PARALLELISM=false RAYON_NUM_THREADS=1 \"{}\" \"{}\" \"{}\" \"{}\" {}",
-                                        python, script, json_path, corpus, rounds);
+    const std::string cmd =
+        fmt::format("TOKENIZERS_PARALLELISM=false RAYON_NUM_THREADS=1 \"{}\" \"{}\" \"{}\" \"{}\" {}", python, script,
+                    json_path, corpus, rounds);
     std::vector<double> hf;
     std::size_t hf_tokens = 0;
     if (FILE* p = popen(cmd.c_str(), "r")) {

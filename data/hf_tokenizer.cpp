@@ -13,8 +13,8 @@
 #include <atomic>
 #include <cstring>
 #include <deque>
-#include <map>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <unordered_map>
@@ -316,17 +316,17 @@ struct PreStep {
 
 // Leftmost-longest matcher over a set of added tokens (tokenizers' AddedVocabulary split trie).
 struct AddedMatcher {
-  std::vector<const HfAddedToken*> tokens;         // content not empty
+  std::vector<const HfAddedToken*> tokens;          // content not empty
   std::array<std::vector<uint32_t>, 256> by_first;  // indices into tokens, longest first
   bool empty() const { return tokens.empty(); }
   void build(std::vector<const HfAddedToken*> toks) {
     tokens = std::move(toks);
     for (auto& v : by_first) v.clear();
-    for (uint32_t i = 0; i < tokens.size(); ++i) by_first[static_cast<unsigned char>(tokens[i]->content[0])].push_back(i);
+    for (uint32_t i = 0; i < tokens.size(); ++i)
+      by_first[static_cast<unsigned char>(tokens[i]->content[0])].push_back(i);
     for (auto& v : by_first) {
-      std::stable_sort(v.begin(), v.end(), [&](uint32_t a, uint32_t b) {
-        return tokens[a]->content.size() > tokens[b]->content.size();
-      });
+      std::stable_sort(v.begin(), v.end(),
+                       [&](uint32_t a, uint32_t b) { return tokens[a]->content.size() > tokens[b]->content.size(); });
     }
   }
   // Splits s into (begin, end, token or nullptr) covering s (tokenizers' find_matches).
@@ -387,9 +387,9 @@ struct HfBpeTokenizer::Impl {
   json tokenizer_config = nullptr, config = nullptr;
 
   // Vocabulary by id.
-  std::vector<std::string> id_token;       // token string ("" = hole)
-  std::vector<uint8_t> id_kind;            // 0 hole, 1 model, 2 added, 3 special added
-  std::vector<std::string> id_bytes;       // what the ByteLevel decoder makes of the token
+  std::vector<std::string> id_token;                   // token string ("" = hole)
+  std::vector<uint8_t> id_kind;                        // 0 hole, 1 model, 2 added, 3 special added
+  std::vector<std::string> id_bytes;                   // what the ByteLevel decoder makes of the token
   std::unordered_map<std::string, int32_t> vocab_raw;  // model token as raw bytes -> id
   std::unordered_map<std::string, int32_t> vocab;      // model token string -> id
   std::array<int32_t, 256> byte_id{};                  // id of the one-byte token, -1 if absent
@@ -460,15 +460,16 @@ bool get_bool(const json& j, const char* key, bool dflt, const std::string& path
 // A special-token entry of tokenizer_config.json: "str", {"content": "str", ...} or null.
 bool token_content(const json& j, std::string* out) {
   if (j.is_string()) return *out = j.get<std::string>(), true;
-  if (j.is_object() && j.contains("content") && j["content"].is_string()) return *out = j["content"].get<std::string>(), true;
+  if (j.is_object() && j.contains("content") && j["content"].is_string())
+    return *out = j["content"].get<std::string>(), true;
   return false;
 }
 
 }  // namespace
 
 std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tokenizer_json,
-                                                           const std::string& tokenizer_config_json,
-                                                           const std::string& config_json, const std::string& what) {
+                                                          const std::string& tokenizer_config_json,
+                                                          const std::string& config_json, const std::string& what) {
   auto impl = std::make_shared<Impl>();
   impl->what = what;
   const json tj = parse_json(tokenizer_json, what);
@@ -476,7 +477,8 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
   impl->tokenizer_text = tj.dump();
   if (!tokenizer_config_json.empty()) {
     impl->tokenizer_config = parse_json(tokenizer_config_json, what + " (tokenizer_config.json)");
-    if (!impl->tokenizer_config.is_object()) fail(what + " (tokenizer_config.json)", "(top level)", "expected an object");
+    if (!impl->tokenizer_config.is_object())
+      fail(what + " (tokenizer_config.json)", "(top level)", "expected an object");
   }
   if (!config_json.empty()) {
     impl->config = parse_json(config_json, what + " (config.json)");
@@ -625,7 +627,8 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
     if (missing || iab == impl->vocab.end())
       fail(what, fmt::format("model.merges[{}]", r),
            fmt::format("token '{}' is not in model.vocab", missing ? *missing : a + b));
-    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) | static_cast<uint32_t>(ib->second);
+    const uint64_t key =
+        (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) | static_cast<uint32_t>(ib->second);
     impl->merge_map[key] = {static_cast<uint32_t>(r), iab->second};
     impl->merges.push_back(a + " " + b);
   }
@@ -633,11 +636,17 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
   // --- normalizer ---
   const auto add_norm = [&](const json& nj, const std::string& path) {
     const std::string t = type_of(nj, path, what);
-    if (t == "NFC") impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    else if (t == "NFD") impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE);
-    else if (t == "NFKC") impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
-    else if (t == "NFKD") impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
-    else fail(what, path + ".type", fmt::format("unsupported normalizer '{}'; expected NFC, NFD, NFKC, NFKD or Sequence", t));
+    if (t == "NFC")
+      impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    else if (t == "NFD")
+      impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE);
+    else if (t == "NFKC")
+      impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
+    else if (t == "NFKD")
+      impl->normalizer_steps.push_back(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
+    else
+      fail(what, path + ".type",
+           fmt::format("unsupported normalizer '{}'; expected NFC, NFD, NFKC, NFKD or Sequence", t));
   };
   if (tj.contains("normalizer") && !tj["normalizer"].is_null()) {
     const json& nj = tj["normalizer"];
@@ -681,14 +690,20 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
       st.regex_source = literal ? "" : src;
       const json& beh = need(pj, "behavior", path, what);
       const std::string b = beh.is_string() ? beh.get<std::string>() : "";
-      if (b == "Removed") st.behavior = Behavior::removed;
-      else if (b == "Isolated") st.behavior = Behavior::isolated;
-      else if (b == "MergedWithPrevious") st.behavior = Behavior::merged_with_previous;
-      else if (b == "MergedWithNext") st.behavior = Behavior::merged_with_next;
-      else if (b == "Contiguous") st.behavior = Behavior::contiguous;
+      if (b == "Removed")
+        st.behavior = Behavior::removed;
+      else if (b == "Isolated")
+        st.behavior = Behavior::isolated;
+      else if (b == "MergedWithPrevious")
+        st.behavior = Behavior::merged_with_previous;
+      else if (b == "MergedWithNext")
+        st.behavior = Behavior::merged_with_next;
+      else if (b == "Contiguous")
+        st.behavior = Behavior::contiguous;
       else
         fail(what, path + ".behavior",
-             fmt::format("'{}'; expected Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous", beh.dump()));
+             fmt::format("'{}'; expected Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous",
+                         beh.dump()));
       st.invert = get_bool(pj, "invert", false, path, what);
     } else {
       fail(what, path + ".type",
@@ -710,7 +725,8 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
       add_pre(pj, "pre_tokenizer");
     }
     if (impl->steps.empty() || !impl->steps.back().byte_level)
-      fail(what, "pre_tokenizer", "expected a ByteLevel pre-tokenizer (alone or last in a Sequence): only byte-level BPE is supported");
+      fail(what, "pre_tokenizer",
+           "expected a ByteLevel pre-tokenizer (alone or last in a Sequence): only byte-level BPE is supported");
     for (std::size_t i = 0; i + 1 < impl->steps.size(); ++i)
       if (impl->steps[i].byte_level) fail(what, "pre_tokenizer", "ByteLevel must be the last pre-tokenizer");
   }
@@ -766,7 +782,8 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
       if (!token_content(tc[key], &content))
         fail(what + " (tokenizer_config.json)", key, "expected a string, {\"content\": string} or null");
       const int32_t id = id_of(content);
-      if (id < 0) fail(what + " (tokenizer_config.json)", key, fmt::format("token '{}' is not in the vocabulary", content));
+      if (id < 0)
+        fail(what + " (tokenizer_config.json)", key, fmt::format("token '{}' is not in the vocabulary", content));
       return id;
     }
     const json& c = impl->config;
@@ -800,9 +817,9 @@ std::string HfBpeTokenizer::Impl::normalize(std::string_view s) const {
   std::string cur(s);
   for (int opts : normalizer_steps) {
     utf8proc_uint8_t* dst = nullptr;
-    const utf8proc_ssize_t len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(cur.data()),
-                                              static_cast<utf8proc_ssize_t>(cur.size()), &dst,
-                                              static_cast<utf8proc_option_t>(opts));
+    const utf8proc_ssize_t len =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(cur.data()), static_cast<utf8proc_ssize_t>(cur.size()),
+                     &dst, static_cast<utf8proc_option_t>(opts));
     if (len < 0) {
       throw DataError(fmt::format("{}: normalization failed: {}", what, utf8proc_errmsg(len)));
     }
@@ -852,8 +869,10 @@ void HfBpeTokenizer::Impl::pre_tokenize_segment(std::string_view s, std::deque<s
         case Behavior::contiguous: {
           bool prev = false;
           for (auto& [b, e, is] : m) {
-            if (is == prev && !keep.empty()) keep.back().second = e;
-            else keep.emplace_back(b, e);
+            if (is == prev && !keep.empty())
+              keep.back().second = e;
+            else
+              keep.emplace_back(b, e);
             prev = is;
           }
           break;
@@ -861,8 +880,10 @@ void HfBpeTokenizer::Impl::pre_tokenize_segment(std::string_view s, std::deque<s
         case Behavior::merged_with_previous: {
           bool prev = false;
           for (auto& [b, e, is] : m) {
-            if (is && !prev && !keep.empty()) keep.back().second = e;
-            else keep.emplace_back(b, e);
+            if (is && !prev && !keep.empty())
+              keep.back().second = e;
+            else
+              keep.emplace_back(b, e);
             prev = is;
           }
           break;
@@ -871,8 +892,10 @@ void HfBpeTokenizer::Impl::pre_tokenize_segment(std::string_view s, std::deque<s
           bool prev = false;
           for (auto it = m.rbegin(); it != m.rend(); ++it) {
             auto& [b, e, is] = *it;
-            if (is && !prev && !keep.empty()) keep.back().first = b;
-            else keep.emplace_back(b, e);
+            if (is && !prev && !keep.empty())
+              keep.back().first = b;
+            else
+              keep.emplace_back(b, e);
             prev = is;
           }
           std::reverse(keep.begin(), keep.end());
@@ -1003,7 +1026,8 @@ void HfBpeTokenizer::Impl::bpe(std::string_view w, std::vector<int32_t>& out) co
   const std::size_t before = out.size();
   bpe_uncached(w, out);
   if (cache.map.size() < kCacheCapacity)
-    cache.map.emplace(std::move(key), std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(before), out.end()));
+    cache.map.emplace(std::move(key),
+                      std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(before), out.end()));
 }
 
 // Runs added-token splitting and normalization; calls f(added token or nullptr, normalized text) per segment.
@@ -1165,10 +1189,12 @@ constexpr const char* kBlobPrefix = R"({"kind":"hf_bpe")";
 std::unique_ptr<Tokenizer> hf_from_blob(const std::string& bytes, const std::string& what) {
   const json j = parse_json(bytes, what);
   if (!j.is_object() || j.value("kind", "") != kHfBpeKind || j.value("version", 0) != 1 || !j.contains("tokenizer"))
-    fail(what, "kind", "not an hf_bpe tokenizer blob; expected {\"kind\":\"hf_bpe\",\"version\":1,...,\"tokenizer\":{...}}");
+    fail(what, "kind",
+         "not an hf_bpe tokenizer blob; expected {\"kind\":\"hf_bpe\",\"version\":1,...,\"tokenizer\":{...}}");
   const json& tc = j.contains("tokenizer_config") ? j["tokenizer_config"] : json(nullptr);
   const json& c = j.contains("config") ? j["config"] : json(nullptr);
-  return HfBpeTokenizer::from_json(j["tokenizer"].dump(), tc.is_null() ? "" : tc.dump(), c.is_null() ? "" : c.dump(), what);
+  return HfBpeTokenizer::from_json(j["tokenizer"].dump(), tc.is_null() ? "" : tc.dump(), c.is_null() ? "" : c.dump(),
+                                   what);
 }
 
 // Whether a tokenizer.json holds a byte-level BPE this code supports (cheap structural check, no full load).
@@ -1177,7 +1203,8 @@ bool is_byte_level_json(const json& tj) {
   const json& p = tj["pre_tokenizer"];
   const auto is_bl = [](const json& x) { return x.is_object() && x.value("type", "") == "ByteLevel"; };
   if (is_bl(p)) return true;
-  if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") && p["pretokenizers"].is_array())
+  if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") &&
+      p["pretokenizers"].is_array())
     for (const auto& x : p["pretokenizers"])
       if (is_bl(x)) return true;
   return false;
@@ -1273,7 +1300,8 @@ GgufVocab gguf_vocab(const Tokenizer& tok) {
 
 std::string compare_vocabularies(const Tokenizer& a, const Tokenizer& b) {
   std::vector<std::string> diffs;
-  if (a.vocab_size() != b.vocab_size()) diffs.push_back(fmt::format("vocab size {} vs {}", a.vocab_size(), b.vocab_size()));
+  if (a.vocab_size() != b.vocab_size())
+    diffs.push_back(fmt::format("vocab size {} vs {}", a.vocab_size(), b.vocab_size()));
   const int32_t n = std::min(a.vocab_size(), b.vocab_size());
   int listed = 0, more = 0;
   for (int32_t id = 0; id < n; ++id) {
@@ -1281,8 +1309,10 @@ std::string compare_vocabularies(const Tokenizer& a, const Tokenizer& b) {
     const TokenType ta = a.token_type(id), tb = b.token_type(id);
     if (pa == pb && ta == tb) continue;
     if (listed < 3) {
-      if (pa != pb) diffs.push_back(fmt::format("id {}: '{}' vs '{}'", id, pa, pb));
-      else diffs.push_back(fmt::format("id {} '{}': type {} vs {}", id, pa, static_cast<int>(ta), static_cast<int>(tb)));
+      if (pa != pb)
+        diffs.push_back(fmt::format("id {}: '{}' vs '{}'", id, pa, pb));
+      else
+        diffs.push_back(fmt::format("id {} '{}': type {} vs {}", id, pa, static_cast<int>(ta), static_cast<int>(tb)));
       ++listed;
     } else {
       ++more;

@@ -154,10 +154,10 @@ std::vector<std::string> hf_tokenizer_files(const std::string& path);
 
 // What an exporter writes for GGUF (llama.cpp gguf-py / convert_hf_to_gguf.py conventions).
 struct GgufVocab {
-  std::string model;                // tokenizer.ggml.model: "gpt2" (byte-level BPE) | "llama" (SentencePiece)
-  std::string pre;                  // tokenizer.ggml.pre: e.g. "qwen2"; "" = do not write (SentencePiece, byte)
-  std::vector<std::string> tokens;  // tokenizer.ggml.tokens: piece(id) (byte-to-unicode form for "gpt2")
-  std::vector<float> scores;        // tokenizer.ggml.scores (SentencePiece only; empty for "gpt2")
+  std::string model;                 // tokenizer.ggml.model: "gpt2" (byte-level BPE) | "llama" (SentencePiece)
+  std::string pre;                   // tokenizer.ggml.pre: e.g. "qwen2"; "" = do not write (SentencePiece, byte)
+  std::vector<std::string> tokens;   // tokenizer.ggml.tokens: piece(id) (byte-to-unicode form for "gpt2")
+  std::vector<float> scores;         // tokenizer.ggml.scores (SentencePiece only; empty for "gpt2")
   std::vector<int32_t> token_types;  // tokenizer.ggml.token_type: TokenType values
   std::vector<std::string> merges;   // tokenizer.ggml.merges: "a b" in rank order ("gpt2" only)
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;  // -1 = do not write the key

@@ -266,9 +266,10 @@ PreparedData prepare_data(const PrepareDataOptions& options) {
     tok_file = (fs::path("tokenizer") / fs::path(files.front()).filename()).string();
     tok = load_tokenizer((out_dir / tok_file).string());
     if (tok->eos_id() < 0) {
-      throw DataError(fmt::format("tokenizer {} has no eos token; documents need one (set eos_token in its "
-                                  "tokenizer_config.json)",
-                                  options.tokenizer_path));
+      throw DataError(
+          fmt::format("tokenizer {} has no eos token; documents need one (set eos_token in its "
+                      "tokenizer_config.json)",
+                      options.tokenizer_path));
     }
     spdlog::info("prepare-data: pretrained tokenizer {} (kind {}, vocab {}, bos {}, eos {})", options.tokenizer_path,
                  tok->kind(), tok->vocab_size(), tok->bos_id(), tok->eos_id());
@@ -329,7 +330,7 @@ PreparedData prepare_data(const PrepareDataOptions& options) {
         {"unk_id", tok->unk_id()},
         {"pad_id", tok->pad_id()},
         {"source", options.tokenizer == TokenizerKind::pretrained ? nlohmann::json(options.tokenizer_path)
-                                                                   : nlohmann::json(nullptr)},
+                                                                  : nlohmann::json(nullptr)},
         {"fingerprint_crc32", tokenizer_fingerprint(*tok)}}},
       {"train", train_meta},
       {"val", val_meta},

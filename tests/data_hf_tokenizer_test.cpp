@@ -6,11 +6,11 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
-#include <set>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "data/corpus.h"
@@ -61,7 +61,8 @@ std::string fixture_path(const std::string& rel) { return fixtures().dir + "/" +
 
 std::string hex_bytes(const std::string& hex) {
   std::string out;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
   return out;
 }
 
@@ -224,12 +225,18 @@ TEST(DataHfTokenizer, MalformedTokenizerJsonNamesTheKey) {
   expect_load_error([](json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }, {"pre_tokenizer.type", "Metaspace"});
   expect_load_error([](json& j) { j["normalizer"] = {{"type", "Lowercase"}}; }, {"normalizer.type", "Lowercase"});
   expect_load_error([](json& j) { j["model"]["merges"][0] = "a b c"; }, {"model.merges[0]"});
-  expect_load_error([](json& j) { j["model"]["merges"][1] = json::array({"zzz-not-a-token", "b"}); },
-                    {"model.merges[1]", "zzz-not-a-token"});
+  expect_load_error(
+      [](json& j) {
+        j["model"]["merges"][1] = json::array({"zzz-not-a-token", "b"});
+      },
+      {"model.merges[1]", "zzz-not-a-token"});
   expect_load_error([](json& j) { j["added_tokens"] = 3; }, {"added_tokens"});
   expect_load_error([](json& j) { j["model"].erase("vocab"); }, {"model.vocab", "missing"});
-  expect_load_error([](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", "(unclosed"}}; },
-                    {"pre_tokenizer.pretokenizers[0].pattern", "PCRE2"});
+  expect_load_error(
+      [](json& j) {
+        j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", "(unclosed"}};
+      },
+      {"pre_tokenizer.pretokenizers[0].pattern", "PCRE2"});
   expect_load_error([](json& j) { j["decoder"] = {{"type", "WordPiece"}}; }, {"decoder.type"});
   // Truncated JSON: the parse offset is named.
   TempDir d;
@@ -412,14 +419,15 @@ TEST(DataHfTokenizer, CompareVocabularies) {
   const auto spm = load_tokenizer(fixture_path("spm"));
   EXPECT_EQ(compare_vocabularies(*qwen, *qwen_again), "");
   const std::string size_msg = compare_vocabularies(*qwen, *spm);
-  EXPECT_NE(size_msg.find("vocab size " + std::to_string(qwen->vocab_size()) + " vs " + std::to_string(spm->vocab_size())),
-            std::string::npos)
+  EXPECT_NE(
+      size_msg.find("vocab size " + std::to_string(qwen->vocab_size()) + " vs " + std::to_string(spm->vocab_size())),
+      std::string::npos)
       << size_msg;
   EXPECT_NE(size_msg.find("id 0: '" + qwen->piece(0) + "' vs '" + spm->piece(0) + "'"), std::string::npos) << size_msg;
   // Same vocabulary, no tokenizer_config.json: only the special ids differ.
   const std::string special_msg = compare_vocabularies(*qwen, *llama3);
-  EXPECT_EQ(special_msg, "eos " + std::to_string(qwen->eos_id()) + " vs -1; pad " + std::to_string(qwen->pad_id()) +
-                             " vs -1");
+  EXPECT_EQ(special_msg,
+            "eos " + std::to_string(qwen->eos_id()) + " vs -1; pad " + std::to_string(qwen->pad_id()) + " vs -1");
   // One renamed token is found and named.
   json j = json::parse(read_file_bytes(fixture_path("qwen/tokenizer.json")));
   const std::string victim = qwen->piece(300);
@@ -428,9 +436,11 @@ TEST(DataHfTokenizer, CompareVocabularies) {
   // Drop the merges that produced or used the renamed token.
   json merges = json::array();
   for (const auto& m : j["model"]["merges"]) {
-    const std::string a = m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>();
+    const std::string a =
+        m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>();
     const auto sp = a.find(' ');
-    if (a.substr(0, sp) == victim || a.substr(sp + 1) == victim || a.substr(0, sp) + a.substr(sp + 1) == victim) continue;
+    if (a.substr(0, sp) == victim || a.substr(sp + 1) == victim || a.substr(0, sp) + a.substr(sp + 1) == victim)
+      continue;
     merges.push_back(m);
   }
   j["model"]["merges"] = merges;
@@ -445,12 +455,14 @@ TEST(DataHfTokenizer, GgufVocab) {
   EXPECT_EQ(v.model, "gpt2");
   EXPECT_EQ(v.pre, "qwen2");
   ASSERT_EQ(v.tokens.size(), ref_of("qwen")["vocab"].size());
-  for (std::size_t i = 0; i < v.tokens.size(); ++i) ASSERT_EQ(v.tokens[i], ref_of("qwen")["vocab"][i].get<std::string>());
+  for (std::size_t i = 0; i < v.tokens.size(); ++i)
+    ASSERT_EQ(v.tokens[i], ref_of("qwen")["vocab"][i].get<std::string>());
   const json tj = json::parse(read_file_bytes(fixture_path("qwen/tokenizer.json")));
   ASSERT_EQ(v.merges.size(), tj["model"]["merges"].size());
   for (std::size_t i = 0; i < v.merges.size(); ++i) {
     const auto& m = tj["model"]["merges"][i];
-    ASSERT_EQ(v.merges[i], m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
+    ASSERT_EQ(v.merges[i],
+              m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
   }
   for (const auto& a : ref_of("qwen")["added"]) {
     EXPECT_EQ(v.token_types[a["id"].get<int>()],
