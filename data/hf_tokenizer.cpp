@@ -467,9 +467,14 @@ bool token_content(const json& j, std::string* out) {
 
 }  // namespace
 
-std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tokenizer_json,
-                                                          const std::string& tokenizer_config_json,
-                                                          const std::string& config_json, const std::string& what) {
+namespace {
+
+using Impl = HfBpeTokenizer::Impl;
+
+// from_json without the catch-all for nlohmann type errors.
+std::unique_ptr<HfBpeTokenizer> build_hf_bpe(const std::string& tokenizer_json,
+                                             const std::string& tokenizer_config_json, const std::string& config_json,
+                                             const std::string& what) {
   auto impl = std::make_shared<Impl>();
   impl->what = what;
   const json tj = parse_json(tokenizer_json, what);
@@ -800,6 +805,19 @@ std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tok
   impl->pad = from_config("pad_token", "pad_token_id", -1);
   impl->unk = from_config("unk_token", nullptr, impl->model_unk);
   return std::make_unique<HfBpeTokenizer>(std::shared_ptr<const Impl>(std::move(impl)));
+}
+
+}  // namespace
+
+std::unique_ptr<HfBpeTokenizer> HfBpeTokenizer::from_json(const std::string& tokenizer_json,
+                                                          const std::string& tokenizer_config_json,
+                                                          const std::string& config_json, const std::string& what) {
+  try {
+    return build_hf_bpe(tokenizer_json, tokenizer_config_json, config_json, what);
+  } catch (const json::exception& e) {
+    // A value of an unexpected JSON type somewhere the checks above do not name: still a DataError.
+    throw DataError(fmt::format("{}: unexpected JSON structure: {}", what, e.what()));
+  }
 }
 
 // ---- encode pipeline ----
@@ -1188,7 +1206,8 @@ constexpr const char* kBlobPrefix = R"({"kind":"hf_bpe")";
 
 std::unique_ptr<Tokenizer> hf_from_blob(const std::string& bytes, const std::string& what) {
   const json j = parse_json(bytes, what);
-  if (!j.is_object() || j.value("kind", "") != kHfBpeKind || j.value("version", 0) != 1 || !j.contains("tokenizer"))
+  if (!j.is_object() || !j.contains("kind") || j["kind"] != kHfBpeKind || !j.contains("version") || j["version"] != 1 ||
+      !j.contains("tokenizer"))
     fail(what, "kind",
          "not an hf_bpe tokenizer blob; expected {\"kind\":\"hf_bpe\",\"version\":1,...,\"tokenizer\":{...}}");
   const json& tc = j.contains("tokenizer_config") ? j["tokenizer_config"] : json(nullptr);
@@ -1201,10 +1220,12 @@ std::unique_ptr<Tokenizer> hf_from_blob(const std::string& bytes, const std::str
 bool is_byte_level_json(const json& tj) {
   if (!tj.is_object() || !tj.contains("pre_tokenizer")) return false;
   const json& p = tj["pre_tokenizer"];
-  const auto is_bl = [](const json& x) { return x.is_object() && x.value("type", "") == "ByteLevel"; };
+  const auto type_is = [](const json& x, const char* t) {
+    return x.is_object() && x.contains("type") && x["type"] == t;
+  };
+  const auto is_bl = [&](const json& x) { return type_is(x, "ByteLevel"); };
   if (is_bl(p)) return true;
-  if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("pretokenizers") &&
-      p["pretokenizers"].is_array())
+  if (type_is(p, "Sequence") && p.contains("pretokenizers") && p["pretokenizers"].is_array())
     for (const auto& x : p["pretokenizers"])
       if (is_bl(x)) return true;
   return false;

@@ -254,6 +254,63 @@ TEST(DataHfTokenizer, MalformedTokenizerJsonNamesTheKey) {
   EXPECT_THROW(load_tokenizer(d.path.string()), DataError);
 }
 
+TEST(DataHfTokenizer, WrongJsonTypesAnywhereAreDataErrors) {
+  // Every listed value replaced by every JSON type: loading either works or throws DataError (never another
+  // exception, never a crash).
+  const json orig = json::parse(read_file_bytes(fixture_path("gpt2x/tokenizer.json")));
+  const std::vector<std::string> paths = {"/model",
+                                          "/model/type",
+                                          "/model/vocab",
+                                          "/model/merges",
+                                          "/model/merges/0",
+                                          "/model/merges/0/0",
+                                          "/model/ignore_merges",
+                                          "/model/unk_token",
+                                          "/model/dropout",
+                                          "/model/byte_fallback",
+                                          "/model/fuse_unk",
+                                          "/model/continuing_subword_prefix",
+                                          "/added_tokens",
+                                          "/added_tokens/0",
+                                          "/added_tokens/0/id",
+                                          "/added_tokens/0/content",
+                                          "/added_tokens/0/special",
+                                          "/added_tokens/0/lstrip",
+                                          "/normalizer",
+                                          "/normalizer/type",
+                                          "/pre_tokenizer",
+                                          "/pre_tokenizer/type",
+                                          "/pre_tokenizer/use_regex",
+                                          "/pre_tokenizer/add_prefix_space",
+                                          "/decoder",
+                                          "/decoder/type",
+                                          "/model/vocab/a"};
+  const std::vector<json> values = {
+      nullptr, 1, -7, 1.5, "x", "", true, json::array(), json::array({1, 2}), json::object(), json{{"type", 3}}};
+  int loaded = 0, rejected = 0;
+  for (const auto& path : paths) {
+    for (const auto& v : values) {
+      json j = orig;
+      j[json::json_pointer(path)] = v;
+      try {
+        HfBpeTokenizer::from_json(j.dump(), "", "", "fuzz");
+        ++loaded;
+      } catch (const DataError&) {
+        ++rejected;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << path << " = " << v.dump() << ": not a DataError: " << e.what();
+      }
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  EXPECT_GT(loaded, 0);
+  // Blobs with wrong types.
+  for (const char* blob : {R"({"kind":"hf_bpe","version":"1","tokenizer":{}})", R"({"kind":"hf_bpe","version":1})",
+                           R"({"kind":"hf_bpe","version":1,"tokenizer":[]})"}) {
+    EXPECT_THROW(tokenizer_from_bytes("hf_bpe", blob), DataError) << blob;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Whole corpus + edge texts against HF tokenizers
 // ---------------------------------------------------------------------------------------------------------
