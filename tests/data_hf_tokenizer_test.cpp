@@ -369,6 +369,12 @@ TEST(DataHfTokenizer, Gpt2ByteLevelNfkcAddedTokenFlagsEqualHf) {
   EXPECT_EQ(compare_with_reference(*tok, ref_of("gpt2x")), 0);
 }
 
+TEST(DataHfTokenizer, AddPrefixSpaceAndStringSplitEqualHf) {
+  const auto tok = load_tokenizer(fixture_path("gpt2p/tokenizer.json"));
+  EXPECT_EQ(compare_with_reference(*tok, ref_of("gpt2p")), 0);
+  EXPECT_EQ(dynamic_cast<const HfBpeTokenizer&>(*tok).llama_cpp_pre(), "");  // no llama.cpp pre type for this
+}
+
 TEST(DataHfTokenizer, SentencePieceEqualsHfConvertedLlamaTokenizer) {
   // bitforge's SentencePiece tokenizer (libsentencepiece on tokenizer.model) against HF tokenizers running the
   // same model as converted by transformers' LlamaTokenizerFast (Metaspace prepend_scheme "first", BPE with
