@@ -10,7 +10,10 @@
 #include <fstream>
 #include <thread>
 
+#include <zlib.h>
+
 #include "data/baseline.h"
+#include "data/hf_tokenizer.h"
 #include "data/shard.h"
 
 namespace bitforge::data {
@@ -20,8 +23,9 @@ TokenizerKind tokenizer_kind_from_string(std::string_view name) {
   if (name == "sentencepiece_bpe") return TokenizerKind::sentencepiece_bpe;
   if (name == "sentencepiece_unigram") return TokenizerKind::sentencepiece_unigram;
   if (name == "byte") return TokenizerKind::byte;
-  throw DataError(
-      fmt::format("unknown tokenizer '{}': expected sentencepiece_bpe, sentencepiece_unigram or byte", name));
+  if (name == "pretrained") return TokenizerKind::pretrained;
+  throw DataError(fmt::format(
+      "unknown tokenizer '{}': expected sentencepiece_bpe, sentencepiece_unigram, byte or pretrained", name));
 }
 
 std::string to_string(TokenizerKind kind) {
@@ -32,6 +36,8 @@ std::string to_string(TokenizerKind kind) {
       return "sentencepiece_unigram";
     case TokenizerKind::byte:
       return "byte";
+    case TokenizerKind::pretrained:
+      return "pretrained";
   }
   return "?";
 }
@@ -45,7 +51,17 @@ nlohmann::json prepare_options_json(const PrepareDataOptions& o) {
                       {"seed", o.seed}};
   if (o.corpus_format == CorpusFormat::text_dir) j["glob"] = o.glob;
   if (o.corpus_format == CorpusFormat::jsonl) j["text_field"] = o.text_field;
-  if (o.tokenizer != TokenizerKind::byte) {
+  if (o.tokenizer == TokenizerKind::pretrained) {
+    if (o.tokenizer_path.empty()) throw DataError("prepare-data: tokenizer 'pretrained' needs a tokenizer_path");
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    for (const std::string& f : hf_tokenizer_files(o.tokenizer_path)) {
+      const std::string name = fs::path(f).filename().string(), bytes = read_file_bytes(f);
+      crc = crc32_z(crc, reinterpret_cast<const Bytef*>(name.data()), name.size());
+      crc = crc32_z(crc, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size());
+    }
+    j["tokenizer_path"] = o.tokenizer_path;
+    j["tokenizer_files_crc32"] = static_cast<uint32_t>(crc);
+  } else if (o.tokenizer != TokenizerKind::byte) {
     j["vocab_size"] = o.vocab_size;
     j["input_sentence_size"] = o.input_sentence_size;
   }
@@ -234,7 +250,30 @@ PreparedData prepare_data(const PrepareDataOptions& options) {
   // 3. Tokenizer, trained on the train split only (val text never shapes the vocabulary).
   t0 = Clock::now();
   std::unique_ptr<Tokenizer> tok;
-  if (options.tokenizer == TokenizerKind::byte) {
+  std::string tok_file = tokenizer_file_name(options.tokenizer);
+  if (options.tokenizer == TokenizerKind::pretrained) {
+    // Copy the files the tokenizer is loaded from into output_dir/tokenizer/ and load the copy, so the shards'
+    // fingerprint and PreparedData::tokenizer_path describe the tokenizer that travels with the data.
+    const fs::path tok_dir = out_dir / "tokenizer";
+    fs::remove_all(tok_dir, ec);
+    fs::create_directories(tok_dir, ec);
+    if (ec) throw DataError(fmt::format("cannot create {}: {}", tok_dir.string(), ec.message()));
+    const auto files = hf_tokenizer_files(options.tokenizer_path);
+    for (const std::string& f : files) {
+      fs::copy_file(f, tok_dir / fs::path(f).filename(), fs::copy_options::overwrite_existing, ec);
+      if (ec) throw DataError(fmt::format("cannot copy {} to {}: {}", f, tok_dir.string(), ec.message()));
+    }
+    tok_file = (fs::path("tokenizer") / fs::path(files.front()).filename()).string();
+    tok = load_tokenizer((out_dir / tok_file).string());
+    if (tok->eos_id() < 0) {
+      throw DataError(
+          fmt::format("tokenizer {} has no eos token; documents need one (set eos_token in its "
+                      "tokenizer_config.json)",
+                      options.tokenizer_path));
+    }
+    spdlog::info("prepare-data: pretrained tokenizer {} (kind {}, vocab {}, bos {}, eos {})", options.tokenizer_path,
+                 tok->kind(), tok->vocab_size(), tok->bos_id(), tok->eos_id());
+  } else if (options.tokenizer == TokenizerKind::byte) {
     tok = std::make_unique<ByteTokenizer>();
   } else {
     std::vector<Document> train_copy;  // train_sentencepiece takes a document list (a copy of ≈11 MB)
@@ -251,8 +290,7 @@ PreparedData prepare_data(const PrepareDataOptions& options) {
     tok = train_sentencepiece(train_copy, so);
   }
   const double t_tok = seconds_since(t0);
-  const std::string tok_file = tokenizer_file_name(options.tokenizer);
-  save_tokenizer(*tok, (out_dir / tok_file).string());
+  if (options.tokenizer != TokenizerKind::pretrained) save_tokenizer(*tok, (out_dir / tok_file).string());
   spdlog::info("prepare-data: tokenizer {} (kind {}, vocab {}) ready in {:.2f} s", (out_dir / tok_file).string(),
                tok->kind(), tok->vocab_size(), t_tok);
 
@@ -291,6 +329,8 @@ PreparedData prepare_data(const PrepareDataOptions& options) {
         {"eos_id", tok->eos_id()},
         {"unk_id", tok->unk_id()},
         {"pad_id", tok->pad_id()},
+        {"source", options.tokenizer == TokenizerKind::pretrained ? nlohmann::json(options.tokenizer_path)
+                                                                  : nlohmann::json(nullptr)},
         {"fingerprint_crc32", tokenizer_fingerprint(*tok)}}},
       {"train", train_meta},
       {"val", val_meta},

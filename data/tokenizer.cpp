@@ -1,5 +1,7 @@
 #include "data/tokenizer.h"
 
+#include "data/hf_tokenizer.h"
+
 #include <fmt/format.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -295,8 +297,18 @@ std::unique_ptr<Tokenizer> sentencepiece_from_bytes(const std::string& model_pro
   return std::make_unique<SentencePieceTokenizer>(model_proto, what);
 }
 
+// Defined in hf_tokenizer.cpp: an hf_bpe blob (serialize()) or a bare tokenizer.json.
+std::unique_ptr<Tokenizer> hf_bpe_from_bytes(const std::string& bytes, const std::string& what);
+
 std::string detect_tokenizer_kind(const std::string& bytes) {
-  return !bytes.empty() && bytes[0] == '{' ? "byte" : "sentencepiece";
+  std::size_t i = 0;
+  while (i < bytes.size() && (bytes[i] == ' ' || bytes[i] == '\n' || bytes[i] == '\r' || bytes[i] == '\t')) ++i;
+  if (i >= bytes.size() || bytes[i] != '{') return "sentencepiece";
+  if (bytes.compare(0, 16, R"({"kind":"hf_bpe")") == 0) return "hf_bpe";
+  // A JSON object: the byte tokenizer's {"kind":"byte",...} or a bare tokenizer.json (has "model").
+  const nlohmann::json j = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("model") && !j.contains("kind")) return "hf_bpe";
+  return "byte";
 }
 
 static std::unique_ptr<Tokenizer> from_bytes(std::string_view kind, const std::string& bytes, const std::string& what) {
@@ -308,7 +320,8 @@ static std::unique_ptr<Tokenizer> from_bytes(std::string_view kind, const std::s
     }
     return std::make_unique<ByteTokenizer>();
   }
-  throw DataError(fmt::format("{}: unknown tokenizer kind '{}'; expected sentencepiece or byte", what, kind));
+  if (kind == "hf_bpe") return hf_bpe_from_bytes(bytes, what);
+  throw DataError(fmt::format("{}: unknown tokenizer kind '{}'; expected sentencepiece, byte or hf_bpe", what, kind));
 }
 
 std::unique_ptr<Tokenizer> tokenizer_from_bytes(std::string_view kind, const std::string& bytes) {
@@ -316,6 +329,10 @@ std::unique_ptr<Tokenizer> tokenizer_from_bytes(std::string_view kind, const std
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec) || std::filesystem::path(path).filename() == "tokenizer.json") {
+    return load_hf_tokenizer(path);  // HF model directory or tokenizer.json (reads tokenizer_config.json beside it)
+  }
   const std::string bytes = read_file_bytes(path);
   if (bytes.empty()) throw DataError(fmt::format("tokenizer file {} is empty", path));
   return from_bytes(detect_tokenizer_kind(bytes), bytes, path);

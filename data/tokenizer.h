@@ -3,14 +3,28 @@
 // token_type(id)). A tokenizer serialises to bytes (`serialize()`) so it can travel inside checkpoints and packed
 // files, and is rebuilt with `tokenizer_from_bytes(kind(), bytes)` or `load_tokenizer(path)`.
 //
-// Two implementations:
+// Three implementations:
 //  * SentencePiece (kind "sentencepiece"): BPE or unigram, trained on a corpus with the Debian libsentencepiece
 //    (0.1.97). Llama's conventions: unk = 0 "<unk>", bos = 1 "<s>", eos = 2 "</s>", no pad; byte_fallback (the 256
 //    pieces "<0x00>".."<0xFF>" follow the control pieces, ids 3..258), identity normalisation, whitespace kept,
 //    digits split — so decode(encode(s)) == s for every valid UTF-8 string s. The serialised form is the
-//    SentencePiece ModelProto (the usual `tokenizer.model` file).
+//    SentencePiece ModelProto (the usual `tokenizer.model` file). Any Llama-2 / Mistral style tokenizer.model
+//    loads too (load_tokenizer on the file or its HF model directory).
+//    Equality with HF `tokenizers` (tests/data_hf_tokenizer_test.cpp, whole default corpus + edge texts):
+//    encode(s) == HF encode(s, add_special_tokens=False) and decode(ids) == HF decode(ids,
+//    skip_special_tokens=True) for the tokenizer.json Llama-2 / Mistral repositories ship (transformers 4.x
+//    "legacy" conversion: normalizer Prepend("▁") + Replace(" ", "▁"): the dummy prefix "▁" is always added,
+//    as SentencePiece's add_dummy_prefix and llama.cpp's SPM tokenizer do). Two conventions differ from HF and
+//    are kept on purpose: (1) the control pieces' text ("<s>", "</s>", "<unk>") written inside a text is encoded
+//    as ordinary text (HF splits it out as the special id; a corpus document that quotes "</s>" must not end the
+//    document); (2) against a tokenizer.json freshly converted by transformers 5.x (Metaspace, prepend_scheme
+//    "first"), a text that starts with a space differs: HF adds no "▁" there, SentencePiece / Llama-2's file /
+//    llama.cpp do. Every other text gives the same ids.
 //  * Byte-level (kind "byte"): id b (0..255) is the byte b, bos = 256, eos = 257; no unk, no pad; vocab 258.
 //    The serialised form is a small JSON object {"kind":"byte","version":1}.
+//  * Hugging Face byte-level BPE (kind "hf_bpe", data/hf_tokenizer.h): tokenizer.json of GPT-2 / Qwen2 / Qwen3 /
+//    Llama-3 style models, equal to the Rust `tokenizers` library. May have no bos (bos_id() == -1: Qwen).
+//    The serialised form is one JSON object holding tokenizer.json and what tokenizer_config.json adds.
 #pragma once
 
 #include <cstddef>
@@ -32,7 +46,7 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // "sentencepiece" or "byte"; the key for tokenizer_from_bytes.
+  // "sentencepiece", "byte" or "hf_bpe"; the key for tokenizer_from_bytes.
   virtual std::string kind() const = 0;
 
   // UTF-8 text -> ids in [0, vocab_size()). No bos/eos are added (the shard writer adds them per document).
@@ -41,7 +55,7 @@ class Tokenizer {
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
 
   virtual int32_t vocab_size() const = 0;
-  virtual int32_t bos_id() const = 0;
+  virtual int32_t bos_id() const = 0;  // -1 when the tokenizer has none (Qwen's hf_bpe): callers must cope
   virtual int32_t eos_id() const = 0;
   virtual int32_t unk_id() const = 0;  // -1 when the tokenizer has none (byte)
   virtual int32_t pad_id() const = 0;  // -1 when the tokenizer has none
@@ -105,12 +119,15 @@ std::unique_ptr<Tokenizer> sentencepiece_from_bytes(const std::string& model_pro
 // Rebuilds a tokenizer from kind() + serialize(). Throws DataError for an unknown kind or malformed bytes.
 std::unique_ptr<Tokenizer> tokenizer_from_bytes(std::string_view kind, const std::string& bytes);
 
-// The kind a serialised tokenizer has, from its bytes: a byte tokenizer's JSON starts with '{', anything else is
-// taken as a SentencePiece ModelProto.
+// The kind a serialised tokenizer has, from its bytes: "hf_bpe" for an hf_bpe blob (starts with
+// {"kind":"hf_bpe") or a bare tokenizer.json (a JSON object with "model" and no "kind"); "byte" for any other JSON
+// object (the byte tokenizer's {"kind":"byte",...}); anything else is taken as a SentencePiece ModelProto.
 std::string detect_tokenizer_kind(const std::string& bytes);
 
-// Loads a tokenizer file written by save_tokenizer (tokenizer.model / tokenizer.bin); the kind is detected.
-// Throws DataError naming the file.
+// Loads a tokenizer from `path`: an HF model directory or a tokenizer.json file (load_hf_tokenizer in
+// data/hf_tokenizer.h: tokenizer.json preferred when it is byte-level BPE, else tokenizer.model), or a file written
+// by save_tokenizer (tokenizer.model / tokenizer.bin / an hf_bpe blob); the kind is detected from the bytes.
+// Throws DataError naming the file (and the JSON key for tokenizer.json problems).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
 // Writes tokenizer.serialize() to `path` (via path.tmp + rename). Throws DataError naming the file.

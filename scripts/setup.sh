@@ -29,6 +29,8 @@ declare -A DEBS=(
   [libcli11-dev]=/usr/include/CLI/CLI.hpp
   [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
   [libsentencepiece-dev]=/usr/include/sentencepiece_processor.h
+  [libpcre2-dev]=/usr/include/pcre2.h
+  [libutf8proc-dev]=/usr/include/utf8proc.h
   [python3.11-doc]=/usr/share/doc/python3.11/html/_sources/contents.rst.txt
   [gnuplot-nox]=/usr/bin/gnuplot
   [ccache]=/usr/bin/ccache
@@ -56,7 +58,7 @@ fi
 # a fresh environment (CI builds one from nothing on every run, see .ci/run) costs no download after the first.
 PY_SYS="$(command -v python3 || true)"
 [ -n "$PY_SYS" ] || die "python3 not found; install python3"
-PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece)
+PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece protobuf)
 UV_HOME="${BITFORGE_UV_HOME:-$HOME/.cache/bitforge/uv}"
 export UV_CACHE_DIR="${UV_CACHE_DIR:-$HOME/.cache/bitforge/uv-cache}"
 export UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
@@ -76,7 +78,7 @@ fi
 if ! "$VENV/bin/python" - "$TORCH_VERSION" <<'PYCHECK' 2>/dev/null
 import sys
 from importlib.metadata import version
-for pkg in ("numpy", "safetensors", "transformers", "tokenizers", "sentencepiece"):
+for pkg in ("numpy", "safetensors", "transformers", "tokenizers", "sentencepiece", "protobuf"):
     version(pkg)
 sys.exit(0 if version("torch").split("+")[0] == sys.argv[1] else 1)
 PYCHECK
