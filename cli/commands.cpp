@@ -54,6 +54,20 @@ int cmd_eval(RunContext& ctx, const std::string& model_path, const std::string& 
   return 0;
 }
 
+int cmd_eval_text(RunContext& ctx, const std::string& model_path, const std::string& text_file, int64_t stride, bool json,
+                  int activation_bits) {
+  const auto j = pipeline::evaluate_text(ctx, model_path, text_file, stride, activation_bits);
+  if (json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  spdlog::info("{} on {}: mean NLL {:.5f} nats, perplexity {:.4f} over {} tokens (window {}, stride {})",
+               j["model"].get<std::string>(), j["text"].get<std::string>(), j["mean_nll"].get<double>(),
+               j["perplexity"].get<double>(), j["tokens"].get<int64_t>(), j["window"].get<int64_t>(),
+               j["stride"].get<int64_t>());
+  return 0;
+}
+
 int cmd_generate(RunContext& ctx, const std::string& model_path, const std::string& prompt,
                  const runtime::GenerationOptions& options, int activation_bits) {
   const auto g = pipeline::generate_text(ctx, model_path, prompt, options, activation_bits);

@@ -19,6 +19,9 @@ int cmd_distill(RunContext& ctx);
 int cmd_export(RunContext& ctx, const std::string& checkpoint, const std::string& output);
 int cmd_eval(RunContext& ctx, const std::string& model_path, const std::string& reference, bool json,
              int activation_bits = 0);
+/// eval --text FILE: perplexity of a text file (pipeline::evaluate_text).
+int cmd_eval_text(RunContext& ctx, const std::string& model_path, const std::string& text_file, int64_t stride, bool json,
+                  int activation_bits = 0);
 int cmd_generate(RunContext& ctx, const std::string& model_path, const std::string& prompt,
                  const runtime::GenerationOptions& options, int activation_bits = 0);
 int cmd_inspect(const std::string& path, bool json);

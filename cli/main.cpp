@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -79,13 +80,27 @@ int main(int argc, char** argv) {
   add_common(exp, common);
   exp->add_option("--checkpoint", checkpoint, "checkpoint directory (default: the run's latest student)");
   exp->add_option("-o,--output", output, "output directory (default: <run_dir>/export)");
+  std::vector<std::string> formats;
+  exp->add_option("--format", formats, "what to write besides the packed file: gguf, hf (a Hugging Face directory "
+                                       "transformers loads), comma-separated; default: export.gguf / export.hf")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"packed", "gguf", "hf"}));
 
   std::string model_path, reference;
   bool json = false;
   auto* ev = app.add_subcommand("eval", "Perplexity of a checkpoint or packed file; KL and top-1 agreement against "
                                         "a reference model");
   add_common(ev, common);
-  ev->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")->required();
+  ev->add_option("-m,--model", model_path,
+                 "checkpoint directory, packed .safetensors, or (with --text) a Hugging Face model directory")
+      ->required();
+  std::string text_file;
+  int64_t stride = 0;
+  ev->add_option("--text", text_file, "perplexity of this text file (tokenized with the model's tokenizer, sliding "
+                                      "windows of eval.seq_len) instead of the validation split")
+      ->check(CLI::ExistingFile);
+  ev->add_option("--stride", stride, "--text: window stride in tokens (default: half of eval.seq_len)")
+      ->check(CLI::NonNegativeNumber);
   ev->add_option("--reference", reference, "reference model for KL / top-1 agreement");
   ev->add_flag("--json", json, "print the result as JSON");
   int eval_act_bits = 0;
@@ -125,12 +140,19 @@ int main(int argc, char** argv) {
       bitforge::set_log_level(common.log_level.empty() ? "info" : common.log_level);
       return bitforge::cli::cmd_inspect(inspect_path, json);
     }
+    if (exp->parsed() && !formats.empty()) {  // --format replaces export.gguf / export.hf
+      auto has = [&](const char* f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
+      common.overrides.push_back(std::string("export.gguf=") + (has("gguf") ? "true" : "false"));
+      common.overrides.push_back(std::string("export.hf=") + (has("hf") ? "true" : "false"));
+    }
     auto ctx = make_context(common);
     if (run->parsed()) return bitforge::cli::cmd_run(ctx);
     if (prep->parsed()) return bitforge::cli::cmd_prepare_data(ctx);
     if (train->parsed()) return bitforge::cli::cmd_train(ctx);
     if (distill->parsed()) return bitforge::cli::cmd_distill(ctx);
     if (exp->parsed()) return bitforge::cli::cmd_export(ctx, checkpoint, output);
+    if (ev->parsed() && !text_file.empty())
+      return bitforge::cli::cmd_eval_text(ctx, model_path, text_file, stride, json, eval_act_bits);
     if (ev->parsed()) return bitforge::cli::cmd_eval(ctx, model_path, reference, json, eval_act_bits);
     if (gen->parsed()) {
       bitforge::runtime::GenerationOptions go;

@@ -53,7 +53,8 @@ BF_ENUM(AnchorSelection, {AnchorSelection::magnitude, "magnitude"}, {AnchorSelec
 BF_ENUM(CorpusFormat, {CorpusFormat::text_dir, "text_dir"}, {CorpusFormat::jsonl, "jsonl"},
         {CorpusFormat::text_file, "text_file"})
 BF_ENUM(TokenizerKind, {TokenizerKind::sentencepiece_bpe, "sentencepiece_bpe"},
-        {TokenizerKind::sentencepiece_unigram, "sentencepiece_unigram"}, {TokenizerKind::byte, "byte"})
+        {TokenizerKind::sentencepiece_unigram, "sentencepiece_unigram"}, {TokenizerKind::byte, "byte"},
+        {TokenizerKind::pretrained, "pretrained"})
 BF_ENUM(LrScheduler, {LrScheduler::cosine, "cosine"}, {LrScheduler::linear, "linear"},
         {LrScheduler::constant, "constant"}, {LrScheduler::two_stage, "two_stage"})
 BF_ENUM(NonFinitePolicy, {NonFinitePolicy::stop, "stop"}, {NonFinitePolicy::skip, "skip"})
@@ -275,6 +276,33 @@ Field string_field(const std::string& key, std::string& ref, std::vector<std::st
           [&ref]() { return YAML::Node(ref); }};
 }
 
+/// data.tokenizer: a trained kind, `teacher`, or a path to a pretrained tokenizer (config.h DataConfig).
+Field tokenizer_field(const std::string& key, TokenizerKind& kind, std::string& path) {
+  return {key,
+          [&kind, &path](const YAML::Node& n, const Origin& o, const std::string& p) {
+            const std::string v = read_string(n, o, p);
+            const std::vector<std::string> kinds = {"sentencepiece_bpe", "sentencepiece_unigram", "byte"};
+            if (std::find(kinds.begin(), kinds.end(), v) != kinds.end()) {
+              kind = data::tokenizer_kind_from_string(v);
+              path.clear();
+              return;
+            }
+            if (v == "teacher" || (!v.empty() && std::filesystem::exists(v))) {
+              kind = TokenizerKind::pretrained;
+              path = v;
+              return;
+            }
+            std::vector<std::string> names = kinds;
+            names.push_back("teacher");
+            const std::string hint = closest(v, names);
+            fail(o, n, p,
+                 fmt::format("'{}' is not one of: {}, nor an existing path (a Hugging Face model directory, "
+                             "tokenizer.json or tokenizer.model){}",
+                             v, join(names), hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
+          },
+          [&kind, &path]() { return YAML::Node(kind == TokenizerKind::pretrained ? path : enum_name(kind)); }};
+}
+
 template <typename E>
 Field enum_field(const std::string& key, E& ref) {
   return {key, [&ref](const YAML::Node& n, const Origin& o, const std::string& p) { ref = read_enum<E>(n, o, p); },
@@ -363,7 +391,7 @@ std::vector<Section> schema(Config& c) {
         string_list_field("layers", c.quant.layers, {"attention", "mlp", "lm_head", "embedding"})}},
       {"data",
        {enum_field("format", c.data.format), string_field("path", c.data.path), string_field("glob", c.data.glob),
-        string_field("text_field", c.data.text_field), enum_field("tokenizer", c.data.tokenizer),
+        string_field("text_field", c.data.text_field), tokenizer_field("tokenizer", c.data.tokenizer, c.data.tokenizer_path),
         int_field("vocab_size", c.data.vocab_size, 16, 1 << 22),
         double_field("val_fraction", c.data.val_fraction, 0, 0.9, true),
         int_field("max_documents", c.data.max_documents, 0), string_field("output_dir", c.data.output_dir)}},
@@ -394,7 +422,7 @@ std::vector<Section> schema(Config& c) {
         int_field("attn_layer", c.distill.attn_layer, -1), int_field("attn_relation_heads", c.distill.attn_relation_heads, 0),
         int_field("calibration_batches", c.distill.calibration_batches, 0)}},
       {"export",
-       {bool_field("packed", c.export_.packed), bool_field("gguf", c.export_.gguf),
+       {bool_field("packed", c.export_.packed), bool_field("gguf", c.export_.gguf), bool_field("hf", c.export_.hf),
         enum_field("gguf_ternary", c.export_.gguf_ternary),
         string_field("dtype", c.export_.dtype, {"bf16", "fp16", "fp32"})}},
       {"eval",
@@ -525,7 +553,11 @@ void validate(const Config& c, const std::string& src) {
     bad("quant.activations", "activation quantization needs quantized weights (quant.weight is none)");
   if (c.data.tokenizer == TokenizerKind::byte && m.vocab_size != 0 && m.vocab_size < 259)
     bad("model.vocab_size", fmt::format("a byte tokenizer needs at least 259 ids, got {}", m.vocab_size));
-  if (m.vocab_size != 0 && c.data.tokenizer != TokenizerKind::byte && m.vocab_size < c.data.vocab_size)
+  if (c.data.tokenizer == TokenizerKind::pretrained && c.data.tokenizer_path == "teacher" && c.distill.teacher.empty())
+    bad("data.tokenizer", "'teacher' needs distill.teacher (a Hugging Face model directory or a bitforge checkpoint): "
+                          "the run's own teacher stage is trained on a tokenizer bitforge trains");
+  if (m.vocab_size != 0 && c.data.tokenizer != TokenizerKind::byte && c.data.tokenizer != TokenizerKind::pretrained &&
+      m.vocab_size < c.data.vocab_size)
     bad("model.vocab_size", fmt::format("({}) is smaller than data.vocab_size ({}); set it to 0 to follow the tokenizer",
                                         m.vocab_size, c.data.vocab_size));
   const auto& t = c.train;

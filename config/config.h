@@ -34,7 +34,12 @@ struct DataConfig {
   std::string path = data::kDefaultCorpusDir;
   std::string glob = data::kDefaultCorpusGlob;  ///< for text_dir
   std::string text_field = "text";     ///< for jsonl
+  /// YAML `data.tokenizer`: a kind bitforge trains on the corpus (sentencepiece_bpe | sentencepiece_unigram | byte),
+  /// `teacher` (the distillation teacher's own tokenizer: distill.teacher's tokenizer.json / tokenizer.model), or a
+  /// path (a Hugging Face model directory, tokenizer.json or tokenizer.model). The last two read as
+  /// tokenizer = pretrained with tokenizer_path = "teacher" or the path.
   TokenizerKind tokenizer = TokenizerKind::sentencepiece_bpe;
+  std::string tokenizer_path;          ///< "" | "teacher" | path (pretrained only; set through data.tokenizer)
   int64_t vocab_size = data::kDefaultVocabSize;  ///< SentencePiece vocabulary (byte: fixed 256 + specials)
   double val_fraction = data::kDefaultValFraction;  ///< fraction of documents held out, split by document
   int64_t max_documents = 0;           ///< 0 = all
@@ -106,8 +111,9 @@ enum class GgufTernaryType { tq2_0, tq1_0, q2_0 };
 struct ExportConfig {
   bool packed = true;                  ///< native packed .safetensors
   bool gguf = true;
+  bool hf = false;                     ///< Hugging Face directory <export>/hf: effective weights + tokenizer files
   GgufTernaryType gguf_ternary = GgufTernaryType::tq2_0;
-  std::string dtype = "bf16";          ///< unquantized tensors: bf16 | fp16 | fp32
+  std::string dtype = "bf16";          ///< unquantized tensors (packed), all weights (hf): bf16 | fp16 | fp32
 };
 
 struct EvalConfig {

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -1350,6 +1351,43 @@ std::string compare_vocabularies(const Tokenizer& a, const Tokenizer& b) {
   std::string out;
   for (const auto& d : diffs) out += (out.empty() ? "" : "; ") + d;
   return out;
+}
+
+namespace {
+void write_file_atomic(const std::filesystem::path& path, const std::string& bytes) {
+  const std::string tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) throw DataError(fmt::format("cannot write {}", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw DataError(fmt::format("cannot rename {} to {}: {}", tmp, path.string(), ec.message()));
+}
+}  // namespace
+
+std::vector<std::string> save_hf_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir) {
+  const std::filesystem::path d(dir);
+  if (tokenizer.kind() == "hf_bpe") {
+    const nlohmann::json blob = nlohmann::json::parse(tokenizer.serialize());
+    write_file_atomic(d / "tokenizer.json", blob.at("tokenizer").dump(2) + "\n");
+    nlohmann::json tc = blob.value("tokenizer_config", nlohmann::json(nullptr));
+    if (!tc.is_object()) tc = nlohmann::json{{"tokenizer_class", "PreTrainedTokenizerFast"}};
+    write_file_atomic(d / "tokenizer_config.json", tc.dump(2) + "\n");
+    return {"tokenizer.json", "tokenizer_config.json"};
+  }
+  if (tokenizer.kind() == "sentencepiece") {
+    write_file_atomic(d / "tokenizer.model", tokenizer.serialize());
+    const nlohmann::json tc{{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
+                            {"unk_token", "<unk>"}, {"add_bos_token", true}, {"add_eos_token", false},
+                            {"legacy", true}, {"model_max_length", 1000000}};
+    write_file_atomic(d / "tokenizer_config.json", tc.dump(2) + "\n");
+    return {"tokenizer.model", "tokenizer_config.json"};
+  }
+  throw DataError("save_hf_tokenizer_files: a '" + tokenizer.kind() +
+                  "' tokenizer has no Hugging Face equivalent (use SentencePiece or a tokenizer.json tokenizer)");
 }
 
 }  // namespace bitforge::data

@@ -174,4 +174,10 @@ GgufVocab gguf_vocab(const Tokenizer& tokenizer);
 // then a count). Used by the teacher check (a distillation teacher must share the student's tokenizer).
 std::string compare_vocabularies(const Tokenizer& a, const Tokenizer& b);
 
+// Writes the tokenizer as a Hugging Face model directory holds it, into `dir` (which must exist): hf_bpe →
+// tokenizer.json (the canonical JSON it was loaded from) + tokenizer_config.json; sentencepiece → tokenizer.model +
+// a tokenizer_config.json for LlamaTokenizer (bos <s>, eos </s>, unk <unk>, add_bos_token, legacy spacing). Returns
+// the file names written. Throws DataError for the byte tokenizer (no Hugging Face equivalent) or an I/O failure.
+std::vector<std::string> save_hf_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir);
+
 }  // namespace bitforge::data

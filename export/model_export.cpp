@@ -427,13 +427,19 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
     refuse.push_back(std::to_string(act_layers) +
                      " layer(s) quantize activations per token (A8/A4); llama.cpp runs them with float activations "
                      "(set allow_activation_mismatch to export anyway; the report records it)");
-  if (m.tokenizer_kind != "sentencepiece")
-    refuse.push_back("tokenizer kind '" + m.tokenizer_kind +
-                     "': only SentencePiece maps onto tokenizer.ggml.model \"llama\" (a byte-level vocabulary would "
-                     "be re-tokenized differently by llama.cpp); use the packed format");
-  if (m.vocab.pieces.empty()) refuse.push_back("no tokenizer vocabulary given");
-  if (!m.vocab.pieces.empty() && static_cast<int64_t>(m.vocab.pieces.size()) > c.vocab_size)
-    refuse.push_back("tokenizer has " + std::to_string(m.vocab.pieces.size()) + " tokens but the model only " +
+  if (m.tokenizer_kind == "byte")
+    refuse.push_back("tokenizer kind 'byte': llama.cpp's SentencePiece tokenizer would add a space prefix and "
+                     "escape spaces, and a gpt2 vocabulary needs merges the byte tokenizer does not have; use the "
+                     "packed format");
+  else if (m.vocab.model != "llama" && m.vocab.model != "gpt2")
+    refuse.push_back("tokenizer.ggml.model '" + m.vocab.model + "': expected llama (SentencePiece) or gpt2 (byte-level "
+                     "BPE)");
+  else if (m.vocab.model == "gpt2" && m.vocab.pre.empty())
+    refuse.push_back("byte-level BPE tokenizer with a pre-tokenizer llama.cpp has no name for (tokenizer.ggml.pre); "
+                     "llama.cpp would split text differently");
+  if (m.vocab.tokens.empty()) refuse.push_back("no tokenizer vocabulary given");
+  if (!m.vocab.tokens.empty() && static_cast<int64_t>(m.vocab.tokens.size()) > c.vocab_size)
+    refuse.push_back("tokenizer has " + std::to_string(m.vocab.tokens.size()) + " tokens but the model only " +
                      std::to_string(c.vocab_size));
   if (!refuse.empty()) {
     std::string msg = "export_gguf: cannot write a GGUF that stock llama.cpp runs as trained:";
@@ -621,25 +627,28 @@ ExportReport export_gguf(const ExportModel& m, const std::string& path, const Gg
   w.set(arch + ".attention.value_length", u32(hd));
   w.set(arch + ".vocab_size", u32(c.vocab_size));
   // tokenizer
-  std::vector<std::string> toks = m.vocab.pieces;
+  const bool spm = m.vocab.model == "llama";
+  std::vector<std::string> toks = m.vocab.tokens;
   std::vector<float> scores = m.vocab.scores;
   std::vector<int32_t> types = m.vocab.token_types;
-  if (scores.size() != toks.size() || types.size() != toks.size())
-    throw std::invalid_argument("export_gguf: vocab pieces/scores/token_types differ in length");
+  if ((spm && scores.size() != toks.size()) || types.size() != toks.size())
+    throw std::invalid_argument("export_gguf: vocab tokens/scores/token_types differ in length");
   for (int64_t id = static_cast<int64_t>(toks.size()); id < c.vocab_size; ++id) {
-    toks.push_back("[PAD" + std::to_string(id) + "]");
-    scores.push_back(-1000.f);
+    toks.push_back("[PAD" + std::to_string(id) + "]");  // as convert_hf_to_gguf.py pads a larger embedding
+    if (spm) scores.push_back(-1000.f);
     types.push_back(5);  // unused
   }
-  w.set("tokenizer.ggml.model", GgufValue::str("llama"));
+  w.set("tokenizer.ggml.model", GgufValue::str(m.vocab.model));
+  if (!m.vocab.pre.empty()) w.set("tokenizer.ggml.pre", GgufValue::str(m.vocab.pre));
   w.set("tokenizer.ggml.tokens", GgufValue::strings(toks));
-  w.set("tokenizer.ggml.scores", GgufValue::f32s(scores));
+  if (spm) w.set("tokenizer.ggml.scores", GgufValue::f32s(scores));
   w.set("tokenizer.ggml.token_type", GgufValue::i32s(types));
-  if (m.vocab.bos >= 0) w.set("tokenizer.ggml.bos_token_id", u32(m.vocab.bos));
-  if (m.vocab.eos >= 0) w.set("tokenizer.ggml.eos_token_id", u32(m.vocab.eos));
-  if (m.vocab.unk >= 0) w.set("tokenizer.ggml.unknown_token_id", u32(m.vocab.unk));
-  if (m.vocab.pad >= 0) w.set("tokenizer.ggml.padding_token_id", u32(m.vocab.pad));
-  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
+  if (!spm) w.set("tokenizer.ggml.merges", GgufValue::strings(m.vocab.merges));
+  if (m.vocab.bos_id >= 0) w.set("tokenizer.ggml.bos_token_id", u32(m.vocab.bos_id));
+  if (m.vocab.eos_id >= 0) w.set("tokenizer.ggml.eos_token_id", u32(m.vocab.eos_id));
+  if (m.vocab.unk_id >= 0) w.set("tokenizer.ggml.unknown_token_id", u32(m.vocab.unk_id));
+  if (m.vocab.pad_id >= 0) w.set("tokenizer.ggml.padding_token_id", u32(m.vocab.pad_id));
+  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(m.vocab.add_bos));
   w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
   w.write(path);
 

@@ -21,7 +21,11 @@
 //            .attention.head_count, .attention.head_count_kv, .attention.layer_norm_rms_epsilon,
 //            .attention.key_length, .attention.value_length, .vocab_size;
 //            tokenizer.ggml.model = "llama" (SentencePiece) with .tokens, .scores, .token_type,
-//            .bos/.eos/.unknown/.padding_token_id, .add_bos_token = true, .add_eos_token = false; when the model's
+//            .bos/.eos/.unknown/.padding_token_id, .add_bos_token = true, .add_eos_token = false; or
+//            tokenizer.ggml.model = "gpt2" (byte-level BPE from a Hugging Face tokenizer.json: Qwen2/3, Llama-3)
+//            with .pre (llama.cpp's pre-tokenizer name, e.g. "qwen2"), .tokens (byte-to-unicode spelling),
+//            .token_type, .merges ("a b" by rank), the special ids the tokenizer has, .add_bos_token as the
+//            tokenizer does (false for Qwen) — what convert_hf_to_gguf.py writes; when the model's
 //            vocabulary is larger than the tokenizer's, "[PAD<id>]" tokens (type unused, score −1000) fill it
 //            (as convert_hf_to_gguf.py does).
 //   tensors: token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, attn_q_norm, attn_k_norm,
@@ -55,6 +59,7 @@
 #include <vector>
 
 #include "export/ggml_quants.h"
+#include "data/hf_tokenizer.h"
 #include "export/packed_format.h"
 #include "config/config.h"  // ModelConfig (config/model_config.h), GgufTernaryType (export.gguf_ternary)
 
@@ -88,22 +93,14 @@ struct ExportTensor {
   std::vector<float> data;
 };
 
-/// The tokenizer's vocabulary as GGUF wants it (data/tokenizer.h piece/score/token_type).
-struct ExportVocab {
-  std::vector<std::string> pieces;
-  std::vector<float> scores;
-  std::vector<int32_t> token_types;
-  int32_t bos = -1, eos = -1, unk = -1, pad = -1;
-};
-
 struct ExportModel {
   ModelConfig config;
   std::string quant_config;  ///< QuantConfig as text (YAML/JSON), recorded verbatim
   std::vector<ExportLayer> layers;
   std::map<std::string, ExportTensor> tensors;  ///< every other HF tensor (norms, embedding, biases, lm_head)
-  std::string tokenizer_kind;                   ///< "sentencepiece" | "byte"
+  std::string tokenizer_kind;                   ///< Tokenizer::kind(): "sentencepiece" | "hf_bpe" | "byte"
   std::string tokenizer_bytes;                  ///< Tokenizer::serialize()
-  ExportVocab vocab;
+  data::GgufVocab vocab;                        ///< the tokenizer as GGUF holds it (data::gguf_vocab)
 };
 
 /// What one tensor became.

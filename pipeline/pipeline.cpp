@@ -37,16 +37,15 @@ std::string data_dir(const RunContext& ctx) {
 data::PrepareDataOptions prepare_options(const RunContext& ctx) {
   const auto& d = ctx.config.data;
   data::PrepareDataOptions o;
-  o.corpus_format = d.format == CorpusFormat::text_dir  ? data::CorpusFormat::text_dir
-                    : d.format == CorpusFormat::jsonl   ? data::CorpusFormat::jsonl
-                                                        : data::CorpusFormat::text_file;
+  o.corpus_format = d.format;
   o.corpus_path = d.path;
   o.glob = d.glob;
   o.text_field = d.text_field;
   o.max_documents = static_cast<size_t>(d.max_documents);
-  o.tokenizer = d.tokenizer == TokenizerKind::byte                    ? data::TokenizerKind::byte
-                : d.tokenizer == TokenizerKind::sentencepiece_unigram ? data::TokenizerKind::sentencepiece_unigram
-                                                                      : data::TokenizerKind::sentencepiece_bpe;
+  o.tokenizer = d.tokenizer;
+  if (d.tokenizer == TokenizerKind::pretrained)
+    o.tokenizer_path = d.tokenizer_path == "teacher" ? teacher_tokenizer_path(ctx.config.distill.teacher)
+                                                     : d.tokenizer_path;
   o.vocab_size = static_cast<int32_t>(d.vocab_size);
   o.val_fraction = d.val_fraction;
   o.seed = ctx.config.train.seed;
@@ -208,6 +207,19 @@ std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoi
       report["gguf"] = {{"error", e.what()}};
     }
   }
+  if (ctx.config.export_.hf) {
+    // A Hugging Face directory for users who continue in Python: the effective weights (what the forward pass
+    // multiplies by) as a dense Llama/Qwen3, with the tokenizer files.
+    const std::string hf = (fs::path(out) / "hf").string();
+    HfSaveOptions ho;
+    ho.bf16 = ctx.config.export_.dtype != "fp32";
+    ho.tokenizer = lm.tokenizer.get();
+    ho.allow_lossy = true;
+    save_hf_checkpoint(lm.model, hf, ho);
+    report["hf"] = {{"path", hf}, {"dtype", ho.bf16 ? "bfloat16" : "float32"}};
+    spdlog::info("export: {} (Hugging Face directory, {} effective weights + tokenizer)", hf,
+                 ho.bf16 ? "bf16" : "fp32");
+  }
   std::ofstream((fs::path(out) / "export_report.json").string()) << report.dump(2) << "\n";
   return packed;
 }
@@ -366,6 +378,60 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
   return j;
 }
 
+nlohmann::json evaluate_text(RunContext& ctx, const std::string& model_path, const std::string& text_file,
+                             int64_t stride, int activation_bits) {
+  std::ifstream f(text_file, std::ios::binary);
+  if (!f) throw std::runtime_error("eval --text: cannot read " + text_file);
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (activation_bits && !is_packed_file(model_path))
+    throw std::runtime_error("eval: --activation-bits applies to a packed .safetensors model, not to " + model_path);
+  torch::NoGradGuard ng;
+  std::shared_ptr<data::Tokenizer> tok;
+  std::unique_ptr<runtime::PackedRuntime> rt;
+  Transformer model{nullptr};
+  int64_t context = 0;
+  if (is_packed_file(model_path)) {
+    rt = runtime::PackedRuntime::open(model_path, static_cast<int>(ctx.config.train.threads), activation_bits);
+    tok = data::tokenizer_from_bytes(rt->tokenizer_kind(),
+                                     std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()));
+    context = rt->config().max_position_embeddings;
+  } else if (fs::exists(fs::path(model_path) / "config.json")) {  // a Hugging Face model directory
+    QuantConfig fp;
+    fp.weight = WeightQuantizer::none;
+    model = load_hf_model(model_path, fp);
+    tok = data::load_tokenizer(model_path);
+    context = model->config().max_position_embeddings;
+  } else {
+    auto lm = load_model(model_path);
+    model = lm.model;
+    tok = lm.tokenizer;
+    context = lm.config.model.max_position_embeddings;
+  }
+  if (model) model->eval();
+  std::vector<int32_t> ids;
+  const bool add_bos = tok->kind() == "hf_bpe" ? data::gguf_vocab(*tok).add_bos : tok->bos_id() >= 0;
+  if (add_bos && tok->bos_id() >= 0) ids.push_back(tok->bos_id());
+  const auto enc = tok->encode(text);
+  ids.insert(ids.end(), enc.begin(), enc.end());
+  const int64_t window = std::min<int64_t>(ctx.config.eval.seq_len, context);
+  if (stride <= 0) stride = std::max<int64_t>(1, window / 2);
+  if (stride > window)
+    throw std::runtime_error(fmt::format("eval --text: --stride {} is larger than the window ({})", stride, window));
+  runtime::WindowLogits logits;
+  if (rt)
+    logits = [&rt](const std::vector<int32_t>& w) { return rt->logits(w); };
+  else
+    logits = [&model](const std::vector<int32_t>& w) {
+      auto in = torch::tensor(std::vector<int64_t>(w.begin(), w.end()), torch::kLong).unsqueeze(0);
+      return model->forward(in).squeeze(0).to(torch::kFloat);
+    };
+  const auto s = runtime::sliding_window_perplexity(ids, window, stride, logits);
+  return {{"model", model_path}, {"text", text_file},
+          {"method", "sliding window, Hugging Face perplexity guide: every token after the first scored once"},
+          {"window", window}, {"stride", stride}, {"text_tokens", static_cast<int64_t>(ids.size())},
+          {"tokens", s.count}, {"mean_nll", s.mean()}, {"perplexity", s.perplexity()}};
+}
+
 Generated generate_text(RunContext& ctx, const std::string& model_path, const std::string& prompt,
                         const runtime::GenerationOptions& options, int activation_bits) {
   std::string packed = model_path;
@@ -379,7 +445,8 @@ Generated generate_text(RunContext& ctx, const std::string& model_path, const st
   if (packed != model_path) fs::remove(packed);
   auto tok = data::tokenizer_from_bytes(rt->tokenizer_kind(),
                                         std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()));
-  std::vector<int32_t> ids{tok->bos_id()};
+  std::vector<int32_t> ids;
+  if (tok->bos_id() >= 0) ids.push_back(tok->bos_id());  // Qwen-style tokenizers have no bos
   auto enc = tok->encode(prompt);
   ids.insert(ids.end(), enc.begin(), enc.end());
   runtime::GenerationOptions go = options;

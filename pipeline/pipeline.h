@@ -71,6 +71,15 @@ std::string export_stage(RunContext& ctx, const std::string& checkpoint, const s
 nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, const std::string& reference,
                               int activation_bits = 0);
 
+/// `bitforge eval --text FILE`: perplexity of a text file under any model bitforge loads — a packed file, a bitforge
+/// checkpoint, or a Hugging Face model directory — tokenized with the model's own tokenizer (a bos first when the
+/// tokenizer adds one, as Hugging Face's tokenizer(text) does), scored with runtime::sliding_window_perplexity in
+/// windows of eval.seq_len (capped at the model's context) moved by `stride` (0 = half a window). JSON: {model,
+/// text, method, window, stride, text_tokens, tokens (scored), mean_nll, perplexity}. Writes nothing.
+/// Throws std::runtime_error naming the file when it cannot be read or the model not loaded.
+nlohmann::json evaluate_text(RunContext& ctx, const std::string& model_path, const std::string& text_file,
+                             int64_t stride = 0, int activation_bits = 0);
+
 /// Result of generate_text.
 struct Generated {
   std::string text;  ///< the decoded new tokens (without the prompt)

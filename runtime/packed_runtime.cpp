@@ -583,19 +583,37 @@ NllStats nll_from_logits(const torch::Tensor& logits, const std::vector<int32_t>
   return s;
 }
 
+NllStats sliding_window_perplexity(const std::vector<int32_t>& tokens, int64_t window, int64_t stride,
+                                   const WindowLogits& logits) {
+  if (window < 2 || stride < 1 || stride > window)
+    throw std::invalid_argument("sliding_window_perplexity: need window >= 2 and 1 <= stride <= window, got window " +
+                                std::to_string(window) + ", stride " + std::to_string(stride));
+  NllStats total;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  int64_t prev_end = 0;
+  for (int64_t begin = 0; begin < n; begin += stride) {
+    const int64_t end = std::min(begin + window, n);
+    const int64_t first_label = std::max<int64_t>(1, (end - begin) - (end - prev_end));  // window-relative
+    if (end - begin >= 2 && first_label < end - begin) {
+      std::vector<int32_t> w(tokens.begin() + begin, tokens.begin() + end);
+      const int64_t T = end - begin;
+      auto lp = torch::log_softmax(logits(w).to(torch::kFloat).narrow(0, first_label - 1, T - first_label)
+                                       .to(torch::kDouble), -1);
+      std::vector<int64_t> tgt(w.begin() + first_label, w.end());
+      total.nll_sum -= lp.gather(1, torch::tensor(tgt, torch::kLong).unsqueeze(1)).sum().item<double>();
+      total.count += T - first_label;
+    }
+    prev_end = end;
+    if (end == n) break;
+  }
+  return total;
+}
+
 NllStats perplexity(PackedRuntime& rt, const std::vector<int32_t>& tokens, int64_t window) {
   if (window < 2 || window > rt.config().max_position_embeddings)
     throw std::invalid_argument("perplexity: window must be in [2, max_position_embeddings]");
-  NllStats total;
-  for (size_t b = 0; b + 1 < tokens.size(); b += static_cast<size_t>(window)) {
-    const size_t e = std::min(tokens.size(), b + static_cast<size_t>(window));
-    if (e - b < 2) break;
-    std::vector<int32_t> w(tokens.begin() + b, tokens.begin() + e);
-    auto s = nll_from_logits(rt.logits(w), w);
-    total.nll_sum += s.nll_sum;
-    total.count += s.count;
-  }
-  return total;
+  return sliding_window_perplexity(tokens, window, window,
+                                   [&rt](const std::vector<int32_t>& w) { return rt.logits(w); });
 }
 
 KlTop1 kl_and_top1(const torch::Tensor& reference_logits, const torch::Tensor& logits) {

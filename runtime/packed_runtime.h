@@ -24,6 +24,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -109,8 +110,22 @@ struct NllStats {
 };
 NllStats nll_from_logits(const torch::Tensor& logits, const std::vector<int32_t>& tokens);
 
-/// Perplexity of `tokens` split into consecutive windows of `window` tokens (each evaluated from an empty
-/// cache; a trailing window of one token is dropped). window <= max_position_embeddings.
+/// Next-token logits [T, V] of some model for a window of T tokens, evaluated from an empty context.
+using WindowLogits = std::function<torch::Tensor(const std::vector<int32_t>& window)>;
+
+/// Perplexity of a token stream with a sliding window — the method of the Hugging Face guide "Perplexity of
+/// fixed-length models" (transformers docs, perplexity.md): window k covers tokens [k·stride, min(k·stride + window,
+/// N)) and scores only the labels no earlier window scored (its last end_k − end_{k−1} positions; the window's
+/// first token is never a label because nothing in the window predicts it), the rest serving as context. Every
+/// token but the stream's first is scored exactly once; with stride < window each scored token sees at least
+/// window − stride tokens of context (llama.cpp's llama-perplexity instead scores the second half of disjoint
+/// windows, which leaves the first halves unscored). NLL in nats accumulated in double, from fp32 logits.
+/// Throws std::invalid_argument unless 1 <= stride <= window and window >= 2.
+NllStats sliding_window_perplexity(const std::vector<int32_t>& tokens, int64_t window, int64_t stride,
+                                   const WindowLogits& logits);
+
+/// sliding_window_perplexity on the packed runtime with stride = window (disjoint windows, each from an empty cache;
+/// a trailing window of one token scores nothing). window <= max_position_embeddings, else std::invalid_argument.
 NllStats perplexity(PackedRuntime& rt, const std::vector<int32_t>& tokens, int64_t window);
 
 /// Mean KL(softmax(reference) ‖ softmax(ours)) over positions (nats) and the fraction of positions whose

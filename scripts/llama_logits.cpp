@@ -4,6 +4,10 @@
 // (vendored llama.cpp of llama-cpp-python 0.3.36), so it only uses the public llama.h API.
 //
 //   llama_logits MODEL.gguf TOKENS.txt OUT.f32 [--threads N] [--kv-f16] [--flash-attn] [--verbose]
+//   llama_logits MODEL.gguf --tokenize TEXT.txt OUT.txt
+//
+// --tokenize: llama.cpp's own tokenizer (llama_tokenize with the GGUF's add_bos setting, special tokens not parsed)
+// on the text file's bytes; OUT.txt receives the ids, whitespace-separated. Prints the token count.
 //
 // TOKENS.txt: whitespace-separated token ids (no tokenizer involved: the ids go to llama_decode as they are).
 // All T tokens are decoded in ONE llama_batch (positions 0..T-1, sequence 0, logits requested for every
@@ -16,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -33,8 +38,35 @@ static void log_filter(ggml_log_level level, const char* text, void*) {
   if (g_verbose || last == GGML_LOG_LEVEL_WARN || last == GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
 }
 
+static int tokenize_file(const std::string& model_path, const std::string& text_path, const std::string& out_path) {
+  std::ifstream in(text_path, std::ios::binary);
+  if (!in) { std::fprintf(stderr, "llama_logits: cannot open %s\n", text_path.c_str()); return 1; }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  llama_log_set(log_filter, nullptr);
+  llama_backend_init();
+  llama_model_params mparams = llama_model_default_params();
+  mparams.n_gpu_layers = 0;
+  mparams.vocab_only = true;
+  llama_model* model = llama_model_load_from_file(model_path.c_str(), mparams);
+  if (!model) { std::fprintf(stderr, "llama_logits: llama_model_load_from_file(%s) failed\n", model_path.c_str()); return 1; }
+  const llama_vocab* vocab = llama_model_get_vocab(model);
+  std::vector<llama_token> ids(text.size() + 16);
+  int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(),
+                             static_cast<int32_t>(ids.size()), /*add_special=*/true, /*parse_special=*/false);
+  if (n < 0) { std::fprintf(stderr, "llama_logits: llama_tokenize failed (%d)\n", n); return 1; }
+  std::FILE* out = std::fopen(out_path.c_str(), "w");
+  if (!out) { std::fprintf(stderr, "llama_logits: cannot write %s\n", out_path.c_str()); return 1; }
+  for (int32_t i = 0; i < n; ++i) std::fprintf(out, "%d\n", ids[static_cast<size_t>(i)]);
+  std::fclose(out);
+  std::printf("%d\n", n);
+  llama_model_free(model);
+  llama_backend_free();
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 4) return usage();
+  if (argc == 5 && !std::strcmp(argv[2], "--tokenize")) return tokenize_file(argv[1], argv[3], argv[4]);
   const std::string model_path = argv[1], tokens_path = argv[2], out_path = argv[3];
   int threads = 2;
   bool kv_f16 = false, flash = false;

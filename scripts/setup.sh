@@ -72,7 +72,7 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating Python environment at $VENV"
   mkdir -p "$(dirname "$VENV")"
-  "$UV" venv -q --python "$PY_SYS" "$VENV" || die "uv venv $VENV failed"
+  "$UV" venv -q --seed --python "$PY_SYS" "$VENV" || die "uv venv $VENV failed"
 fi
 # Checked from the installed metadata (no import: torch and transformers take seconds to import).
 if ! "$VENV/bin/python" - "$TORCH_VERSION" <<'PYCHECK' 2>/dev/null

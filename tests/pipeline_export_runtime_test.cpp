@@ -254,14 +254,16 @@ TEST(TrainerExportRuntime, GgufFromTransformerIsLosslessForGroup128Binary) {
   auto model = build(c, 21);
   auto em = make_export_model(model, nullptr, "");
   em.tokenizer_kind = "sentencepiece";
+  em.vocab.model = "llama";
+  em.vocab.add_bos = true;
   for (int64_t i = 0; i < c.model.vocab_size - 3; ++i) {  // a SentencePiece-like vocabulary, 3 short of V
-    em.vocab.pieces.push_back(i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "p" + std::to_string(i));
+    em.vocab.tokens.push_back(i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "p" + std::to_string(i));
     em.vocab.scores.push_back(-float(i));
     em.vocab.token_types.push_back(i < 3 ? (i == 0 ? 2 : 3) : 1);
   }
-  em.vocab.unk = 0;
-  em.vocab.bos = 1;
-  em.vocab.eos = 2;
+  em.vocab.unk_id = 0;
+  em.vocab.bos_id = 1;
+  em.vocab.eos_id = 2;
   const std::string path = temp_path("m.gguf");
   const auto rep = formats::export_gguf(em, path);
   for (const auto& t : rep.tensors)

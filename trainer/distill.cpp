@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "data/hf_tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/hf_checkpoint.h"
 #include "trainer/losses.h"
@@ -41,6 +42,38 @@ Comparison compare_models(Transformer& reference, Transformer& model, const data
   return c;
 }
 
+namespace {
+
+std::string describe(const data::Tokenizer& t) {
+  return fmt::format("{} tokenizer with {} tokens (bos {}, eos {})", t.kind(), t.vocab_size(), t.bos_id(), t.eos_id());
+}
+
+/// Throws when the teacher's tokenizer is not the data's (the silent failure of distilling on other ids).
+void check_same_tokenizer(const std::string& who, const data::Tokenizer& teacher, const data::Tokenizer& data) {
+  const std::string diff = data::compare_vocabularies(teacher, data);
+  if (!diff.empty())
+    throw std::runtime_error(fmt::format(
+        "{} uses a {} but the data was tokenized with a {}: {}. The student must be trained on data tokenized with "
+        "the teacher's tokenizer: set data.tokenizer: teacher (or the teacher's directory) and prepare the data again",
+        who, describe(teacher), describe(data), diff));
+}
+
+}  // namespace
+
+std::string teacher_tokenizer_path(const std::string& teacher) {
+  if (teacher.empty())
+    throw std::runtime_error("data.tokenizer: teacher, but distill.teacher is empty");
+  if (fs::exists(fs::path(teacher) / "config.json")) return teacher;  // Hugging Face directory
+  std::optional<std::string> ck =
+      fs::exists(fs::path(teacher) / "COMPLETE") ? std::optional<std::string>(teacher) : latest_checkpoint(teacher);
+  if (!ck)
+    throw std::runtime_error("teacher " + teacher + ": neither a Hugging Face directory (config.json) nor a bitforge "
+                             "checkpoint (step-*/ with COMPLETE)");
+  for (const char* name : {"tokenizer.model", "tokenizer.bin"})
+    if (fs::exists(fs::path(*ck) / name)) return (fs::path(*ck) / name).string();
+  throw std::runtime_error("teacher checkpoint " + *ck + " holds no tokenizer file");
+}
+
 Transformer load_teacher(const std::string& path, const data::Tokenizer& tokenizer, const torch::Device& device,
                          ModelConfig* teacher_shape) {
   Transformer teacher{nullptr};
@@ -49,22 +82,22 @@ Transformer load_teacher(const std::string& path, const data::Tokenizer& tokeniz
     fp.weight = WeightQuantizer::none;
     HfCheckpoint info;
     teacher = load_hf_model(path, fp, &info);
+    std::unique_ptr<data::Tokenizer> own;
+    try {
+      own = data::load_tokenizer(path);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format(
+          "teacher {}: cannot read its tokenizer ({}); distillation needs the teacher's own tokenizer to check that the "
+          "student's data uses it (data.tokenizer: teacher)", path, e.what()));
+    }
+    check_same_tokenizer("teacher " + path, *own, tokenizer);
     if (info.model.vocab_size < tokenizer.vocab_size())
       throw std::runtime_error(fmt::format(
           "teacher {} has vocab_size {} but the data's tokenizer has {} tokens: the student must use the teacher's "
           "tokenizer", path, info.model.vocab_size, tokenizer.vocab_size()));
-    if (!info.tokenizer_path.empty() && fs::path(info.tokenizer_path).filename() == "tokenizer.model") {
-      std::ifstream f(info.tokenizer_path, std::ios::binary);
-      std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      if (tokenizer.kind() != "sentencepiece" || bytes != tokenizer.serialize())
-        throw std::runtime_error("teacher " + path + ": its tokenizer.model differs from the data's tokenizer; "
-                                 "prepare the data with the teacher's tokenizer");
-    }
   } else {
     auto lm = load_model(path);
-    if (lm.tokenizer->serialize() != tokenizer.serialize())
-      throw std::runtime_error("teacher " + lm.checkpoint_dir + ": its tokenizer differs from the data's tokenizer (" +
-                               lm.tokenizer->kind() + " vs " + tokenizer.kind() + "); distillation needs the same one");
+    check_same_tokenizer("teacher " + lm.checkpoint_dir, *lm.tokenizer, tokenizer);
     if (lm.config.quant.enabled())
       spdlog::warn("teacher {} is itself quantized ({}); distilling from it anyway", lm.checkpoint_dir, "quant.weight");
     teacher = lm.model;

@@ -25,10 +25,17 @@ Comparison compare_models(Transformer& reference, Transformer& model, const data
                           int64_t max_batches, const torch::Device& device);
 
 /// Loads a teacher: a bitforge checkpoint (directory with step-*/ or a step directory) or a Hugging Face
-/// directory (config.json + safetensors). Checks that its vocabulary matches `tokenizer` (throws
-/// std::runtime_error naming both otherwise). Returns it frozen, in eval mode, on `device`.
+/// directory (config.json + safetensors). Checks that its tokenizer is the data's: the same vocabulary (every token
+/// string and id, the special ids; data::compare_vocabularies) — a teacher without a tokenizer, or with another one,
+/// throws std::runtime_error naming both tokenizers and the first differences. Returns it frozen, in eval mode, on `device`.
 Transformer load_teacher(const std::string& path, const data::Tokenizer& tokenizer, const torch::Device& device,
                          ModelConfig* teacher_shape = nullptr);
+
+/// Where a teacher's tokenizer lives, for preparing the student's data with it (data.tokenizer: teacher): a Hugging
+/// Face directory itself (data::load_tokenizer reads its tokenizer.json or tokenizer.model), or the tokenizer file of
+/// a bitforge checkpoint (the latest complete step of a checkpoints/ directory). Throws std::runtime_error naming
+/// the path when it is neither or has no tokenizer.
+std::string teacher_tokenizer_path(const std::string& teacher);
 
 struct DistillResult {
   TrainResult train;

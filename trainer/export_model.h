@@ -17,6 +17,7 @@
 #include <set>
 #include <string>
 
+#include "data/hf_tokenizer.h"
 #include "data/tokenizer.h"
 #include "export/model_export.h"
 #include "trainer/model.h"
@@ -72,16 +73,7 @@ inline formats::ExportModel make_export_model(const Transformer& model, const da
   if (tokenizer) {
     m.tokenizer_kind = tokenizer->kind();
     m.tokenizer_bytes = tokenizer->serialize();
-    const int32_t n = tokenizer->vocab_size();
-    for (int32_t id = 0; id < n; ++id) {
-      m.vocab.pieces.push_back(tokenizer->piece(id));
-      m.vocab.scores.push_back(tokenizer->score(id));
-      m.vocab.token_types.push_back(static_cast<int32_t>(tokenizer->token_type(id)));
-    }
-    m.vocab.bos = tokenizer->bos_id();
-    m.vocab.eos = tokenizer->eos_id();
-    m.vocab.unk = tokenizer->unk_id();
-    m.vocab.pad = tokenizer->pad_id();
+    m.vocab = data::gguf_vocab(*tokenizer);
   }
   return m;
 }

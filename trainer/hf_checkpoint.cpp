@@ -1,6 +1,8 @@
 // Hugging Face Llama/Qwen3 checkpoint directories; rules in trainer/hf_checkpoint.h.
 #include "trainer/hf_checkpoint.h"
 
+#include "data/hf_tokenizer.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -345,7 +347,7 @@ void save_hf_checkpoint(Transformer& model, const std::string& dir, const HfSave
       torch::Tensor v = t;
       if (quantized.count(owner) && name.compare(dot + 1, std::string::npos, "weight") == 0)
         v = by_name.at(owner)->effective_weight();
-      tensors.emplace(name, v.detach().to(torch::kCPU, torch::kFloat).contiguous());
+      tensors.emplace(name, v.detach().to(torch::kCPU, options.bf16 ? torch::kBFloat16 : torch::kFloat).contiguous());
     }
   }
 
@@ -372,7 +374,11 @@ void save_hf_checkpoint(Transformer& model, const std::string& dir, const HfSave
   if (c.subln) j["bitforge_subln"] = true;
   j["initializer_range"] = 0.02;
   j["use_cache"] = true;
-  j["dtype"] = "float32";
+  j["dtype"] = options.bf16 ? "bfloat16" : "float32";
+  if (options.tokenizer) {
+    if (options.tokenizer->bos_id() >= 0) j["bos_token_id"] = options.tokenizer->bos_id();
+    if (options.tokenizer->eos_id() >= 0) j["eos_token_id"] = options.tokenizer->eos_id();
+  }
   if (c.arch == "qwen3") j["use_sliding_window"] = false;
 
   std::error_code ec;
@@ -384,6 +390,13 @@ void save_hf_checkpoint(Transformer& model, const std::string& dir, const HfSave
     throw HfCheckpointError(dir + "/model.safetensors: " + e.what());
   }
   write_text_atomic(fs::path(dir) / "config.json", j.dump(2) + "\n");
+  if (options.tokenizer) {
+    try {
+      data::save_hf_tokenizer_files(*options.tokenizer, dir);
+    } catch (const std::exception& e) {
+      throw HfCheckpointError(dir + ": " + e.what());
+    }
+  }
 }
 
 }  // namespace bitforge

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "data/tokenizer.h"
 #include "trainer/model.h"
 
 namespace bitforge {
@@ -88,6 +89,11 @@ struct HfSaveOptions {
   /// A BitLinear with activation quantization or an input RMSNorm cannot be expressed as a HF dense model;
   /// saving one throws std::invalid_argument unless this is set (then those parts are dropped).
   bool allow_lossy = false;
+  /// Weights in bf16 (what a Hugging Face model is usually shipped as) instead of fp32.
+  bool bf16 = false;
+  /// When set, its files go beside the weights (data::save_hf_tokenizer_files) and config.json records its bos /
+  /// eos ids, so AutoTokenizer and from_pretrained load the directory as one model.
+  const data::Tokenizer* tokenizer = nullptr;
 };
 
 /// Writes DIR/config.json (LlamaForCausalLM / Qwen3ForCausalLM) and DIR/model.safetensors (fp32, HF names,
