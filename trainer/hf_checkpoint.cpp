@@ -198,6 +198,11 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
   }
   cfg.subln = r.boolean("bitforge_subln", false);
 
+  try {  // the YAML schema's ranges, as for every other reader of model metadata
+    validate_model_config(cfg, source);
+  } catch (const ConfigError& e) {
+    throw HfCheckpointError(e.what());
+  }
   if (model_type) *model_type = type;
   if (dtype) *dtype = r.has("dtype") ? r.string("dtype", "") : r.string("torch_dtype", "");
   return cfg;
