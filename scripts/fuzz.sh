@@ -4,8 +4,9 @@
 #   scripts/fuzz.sh build                  # compile the harnesses into build-fuzz/ (clang-14, libclang-rt-14-dev)
 #   scripts/fuzz.sh seeds                  # seed corpora in build-fuzz/seeds/<harness>/ (files the tests generate)
 #   scripts/fuzz.sh smoke [SECONDS]        # each harness SECONDS (default 3) on its seeds; exit 77 when not built
-#   scripts/fuzz.sh campaign [RUNS]        # each harness RUNS executions (default 1000000); report in
-#                                          # build-fuzz/campaign/report.txt: executions, crashes, leaks, hangs
+#   scripts/fuzz.sh campaign [RUNS [SECS]] # each harness RUNS executions (default 1000000; at most SECS seconds
+#                                          # when given); report in build-fuzz/campaign/report.txt: executions,
+#                                          # crashes, leaks, hangs, out-of-memory
 #
 # Harnesses: safetensors, gguf, packed, shard, config, checkpoint, tokenizer, hf (the last needs LibTorch headers;
 # it is skipped with a message when they cannot be compiled with clang). Environment: FUZZ_DIR (default
@@ -63,13 +64,19 @@ cmd_build() {
     say "link fuzz_$h"
     $CXX $SAN -fsanitize=fuzzer "$FUZZ_DIR/obj/fuzz_$h.o" "$FUZZ_DIR/libfuzzcore.a" $LIBS -o "$FUZZ_DIR/bin/fuzz_$h"
   done
-  # The HF reader is LibTorch code (it loads weights into a Transformer); its harness needs torch's headers.
+  # The HF reader is LibTorch code (it loads weights into a Transformer): its harness needs torch's headers, and the
+  # main build's libraries (uninstrumented) for the trainer symbols hf_checkpoint.cpp references.
   local tf
-  if tf="$(torch_flags)" && compile trainer/hf_checkpoint.cpp "$FUZZ_DIR/obj/trainer_hf_checkpoint.cpp.o" ${tf%%|*} \
+  if [ ! -f "$MAIN_BUILD/trainer/libbitforge_trainer.a" ]; then
+    say "fuzz_hf: needs the main build in $MAIN_BUILD (cmake --build build); skipped"
+  elif tf="$(torch_flags)" && compile trainer/hf_checkpoint.cpp "$FUZZ_DIR/obj/trainer_hf_checkpoint.cpp.o" ${tf%%|*} \
       2>"$FUZZ_DIR/hf_build.log" && compile tests/fuzz/fuzz_hf.cpp "$FUZZ_DIR/obj/fuzz_hf.o" ${tf%%|*} 2>>"$FUZZ_DIR/hf_build.log"; then
     say "link fuzz_hf"
     if ! $CXX $SAN -fsanitize=fuzzer "$FUZZ_DIR/obj/fuzz_hf.o" "$FUZZ_DIR/obj/trainer_hf_checkpoint.cpp.o" \
-        "$FUZZ_DIR/libfuzzcore.a" ${tf##*|} $LIBS -Wl,--unresolved-symbols=ignore-all -o "$FUZZ_DIR/bin/fuzz_hf" \
+        "$FUZZ_DIR/libfuzzcore.a" "$MAIN_BUILD/trainer/libbitforge_trainer.a" "$MAIN_BUILD/export/libbitforge_export.a" \
+        "$MAIN_BUILD/trainer/libbitforge_config.a" "$MAIN_BUILD/data/libbitforge_data.a" \
+        "$MAIN_BUILD/kernels/libbitforge_kernels.so" -Wl,-rpath,"$MAIN_BUILD/kernels" ${tf##*|} -lgomp $LIBS \
+        -o "$FUZZ_DIR/bin/fuzz_hf" \
         2>>"$FUZZ_DIR/hf_build.log"; then
       say "fuzz_hf: link failed (see $FUZZ_DIR/hf_build.log); skipped"
     fi
@@ -132,12 +139,13 @@ PY
 
 run_one() {  # harness, extra libFuzzer args...; prints the log path
   local h="$1"; shift
-  local out="$FUZZ_DIR/runs/$h" log="$FUZZ_DIR/runs/$h.log"
+  local out="$FUZZ_DIR/runs/$h" log="$FUZZ_DIR/runs/$h.log" max_len=262144
+  case "$h" in config|hf) max_len=8192 ;; esac  # text inputs: larger ones only slow the YAML/JSON parsers down
   mkdir -p "$out" "$FUZZ_DIR/artifacts/$h"
   ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     "$FUZZ_DIR/bin/fuzz_$h" "$out" "$FUZZ_DIR/seeds/$h" -artifact_prefix="$FUZZ_DIR/artifacts/$h/" \
-      -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 -max_len=262144 -print_final_stats=1 "$@" >"$log" 2>&1
+      -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 -max_len="$max_len" -print_final_stats=1 "$@" >"$log" 2>&1
 }
 
 cmd_smoke() {
@@ -158,7 +166,7 @@ cmd_smoke() {
 }
 
 cmd_campaign() {
-  local runs="${1:-1000000}" rep="$FUZZ_DIR/campaign/report.txt"
+  local runs="${1:-1000000}" max_time="${2:-0}" rep="$FUZZ_DIR/campaign/report.txt"
   [ -d "$FUZZ_DIR/bin" ] || cmd_build
   [ -d "$FUZZ_DIR/seeds" ] || cmd_seeds
   mkdir -p "$FUZZ_DIR/campaign"
@@ -166,7 +174,8 @@ cmd_campaign() {
   for h in "${HARNESSES[@]}"; do
     [ -x "$FUZZ_DIR/bin/fuzz_$h" ] || { printf '%-12s %s\n' "$h" "not built" | tee -a "$rep"; continue; }
     local t0=$SECONDS rc=0
-    run_one "$h" -runs="$runs" || rc=$?
+    if [ "$max_time" -gt 0 ]; then run_one "$h" -runs="$runs" -max_total_time="$max_time" || rc=$?
+    else run_one "$h" -runs="$runs" || rc=$?; fi
     local log="$FUZZ_DIR/runs/$h.log"
     local execs crashes leaks hangs ooms
     execs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')"

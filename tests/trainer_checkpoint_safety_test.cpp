@@ -237,3 +237,45 @@ TEST(CheckpointSafety, ByteTokenizerCheckpointLoads) {
   EXPECT_EQ(lm.config.model.vocab_size, 258);
   EXPECT_EQ(lm.tokenizer->vocab_size(), 258);
 }
+
+namespace {
+pid_t dead_pid() {
+  pid_t p = fork();
+  if (p == 0) _exit(0);
+  waitpid(p, nullptr, 0);
+  return p;
+}
+void make_ckpt(const fs::path& d, const std::string& payload) {
+  fs::create_directories(d);
+  std::ofstream(d / "model.safetensors", std::ios::binary) << payload;
+  ckpt::write_manifest(d.string(), {"model.safetensors"}, 4);
+}
+}  // namespace
+
+// Item 1, the replacement itself: re-saving a step swaps directories (RENAME_EXCHANGE, or the rename-aside
+// fallback), never deleting the old copy before the new one is in place; leftovers of a kill are cleaned or restored.
+TEST(CheckpointSafety, ReplacementIsAtomicAndInterruptedOnesAreRepaired) {
+  for (const char* no_exchange : {"0", "1"}) {
+    ::setenv("BITFORGE_NO_RENAME_EXCHANGE", no_exchange, 1);
+    const fs::path d = temp_dir(std::string("publish") + no_exchange);
+    make_ckpt(d / "step-0000004", "old");
+    make_ckpt(d / "step-0000004.tmp-1", "new");
+    ckpt::publish_directory((d / "step-0000004.tmp-1").string(), (d / "step-0000004").string());
+    EXPECT_EQ(slurp(d / "step-0000004" / "model.safetensors"), "new");
+    EXPECT_NO_THROW(ckpt::verify_checkpoint_files((d / "step-0000004").string()));
+    EXPECT_EQ(entries(d), (std::vector<std::string>{"step-0000004"}));
+  }
+  ::unsetenv("BITFORGE_NO_RENAME_EXCHANGE");
+  // A kill between "old aside" and "new in": the old copy is put back under its name; other leftovers removed.
+  const fs::path d = temp_dir("repair");
+  const pid_t dead = dead_pid();
+  make_ckpt(d / ("step-0000004.old-" + std::to_string(dead)), "old");
+  make_ckpt(d / ("step-0000006.tmp-" + std::to_string(dead)), "partial");
+  make_ckpt(d / ("step-0000002.del-" + std::to_string(dead)), "doomed");
+  EXPECT_EQ(ckpt::clean_stale_temporaries(d.string()), 3);
+  EXPECT_EQ(entries(d), (std::vector<std::string>{"step-0000004"}));
+  EXPECT_EQ(slurp(d / "step-0000004" / "model.safetensors"), "old");
+  // A writer that still runs (this process's parent) keeps its temporary.
+  make_ckpt(d / ("step-0000008.tmp-" + std::to_string(::getppid())), "busy");
+  EXPECT_EQ(ckpt::clean_stale_temporaries(d.string()), 0);
+}

@@ -103,7 +103,7 @@ const std::regex& step_re() {
   return re;
 }
 const std::regex& temp_re() {
-  static const std::regex re("(step-\\d{7})\\.(tmp|del|old)-(\\d+)");
+  static const std::regex re("(step-\\d{7})\\.(tmp|del|old)-(\\d+)(\\..*)?");  // (a chain: older naming)
   return re;
 }
 
@@ -293,7 +293,10 @@ void remove_tree(const std::string& path) {
 
 void remove_checkpoint_dir(const std::string& dir) {
   if (!exists(dir)) return;
-  const std::string doomed = fmt::format("{}.del-{}", dir, ::getpid());
+  // step-N.del-<pid>, also for a temporary (step-N.tmp-<pid> holding the old copy after a swap).
+  std::string base = base_of(dir);
+  if (const auto dot = base.find('.'); dot != std::string::npos) base = base.substr(0, dot);
+  const std::string doomed = join_path(parent_of(dir), fmt::format("{}.del-{}", base, ::getpid()));
   remove_tree(doomed);
   if (std::rename(dir.c_str(), doomed.c_str()) != 0)
     throw CheckpointError(fmt::format("cannot rename {} to {} for deletion: {}", dir, doomed, std::strerror(errno)));
@@ -347,7 +350,7 @@ int clean_stale_temporaries(const std::string& dir) {
     const long pid = std::atol(m[3].str().c_str());
     if (process_alive(pid)) continue;  // another writer at work
     const std::string path = join_path(dir, name), final_path = join_path(dir, m[1].str());
-    if (m[2] == "old" && !exists(join_path(final_path, kCompleteMarker))) {
+    if (m[2] == "old" && !m[4].matched && !exists(join_path(final_path, kCompleteMarker))) {
       bool intact = true;
       try {
         verify_checkpoint_files(path, true);
