@@ -9,7 +9,8 @@
 #                                          # crashes, leaks, hangs, out-of-memory
 #
 # Harnesses: safetensors, gguf, packed, shard, config, checkpoint, tokenizer, hf (the last needs LibTorch headers;
-# it is skipped with a message when they cannot be compiled with clang). Environment: FUZZ_DIR (default
+# it is skipped with a message when they cannot be compiled with clang). Environment: FUZZ_HARNESSES (a subset,
+# space-separated), FUZZ_DIR (default
 # build-fuzz), CXX (default clang++-14), JOBS (parallel compiles, default 1), BITFORGE_BINARY_DIR (the main build,
 # used to generate seeds; default build).
 set -euo pipefail
@@ -18,7 +19,7 @@ FUZZ_DIR="${FUZZ_DIR:-$ROOT/build-fuzz}"
 CXX="${CXX:-clang++-14}"
 JOBS="${JOBS:-1}"
 MAIN_BUILD="${BITFORGE_BINARY_DIR:-$ROOT/build}"
-HARNESSES=(safetensors gguf packed shard config checkpoint tokenizer hf)
+HARNESSES=(${FUZZ_HARNESSES:-safetensors gguf packed shard config checkpoint tokenizer hf})
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CXXFLAGS="-std=c++17 -O1 -g $SAN -fsanitize=fuzzer-no-link -I$ROOT -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
 LIBS="-lyaml-cpp -lspdlog -lfmt -lsentencepiece -lsentencepiece_train -lxxhash -lz -pthread"

@@ -125,3 +125,19 @@ TEST(FileLimits, TextDirReportsNonRegularEntriesByName) {
   EXPECT_NE(log.find("dangling"), std::string::npos) << log;
   EXPECT_NE(log.find("loop"), std::string::npos) << log;
 }
+
+#include "data/tokenizer.h"
+
+// Found by tests/fuzz/fuzz_tokenizer.cpp: a byte tokenizer file whose "kind" is not a string ended the process with
+// an uncaught json type_error instead of a DataError naming the file.
+TEST(FuzzRegressions, ByteTokenizerFileWithNonStringKindIsADataError) {
+  for (const char* text : {"{\"kind\":2}", "{\"kind\":\"byte\",\"version\":\"1\"}", "{\"kind\":null,\"version\":1}"}) {
+    try {
+      tokenizer_from_bytes("byte", text);
+      ADD_FAILURE() << text << " was accepted";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("not a byte tokenizer"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(tokenizer_from_bytes("byte", "{\"kind\":\"byte\",\"version\":1}")->vocab_size(), 258);
+}
