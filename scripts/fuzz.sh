@@ -11,13 +11,12 @@
 # Harnesses: safetensors, gguf, packed, shard, config, checkpoint, tokenizer, hf (the last needs LibTorch headers;
 # it is skipped with a message when they cannot be compiled with clang). Environment: FUZZ_HARNESSES (a subset,
 # space-separated), FUZZ_DIR (default
-# build-fuzz), CXX (default clang++-14), JOBS (parallel compiles, default 1), BITFORGE_BINARY_DIR (the main build,
+# build-fuzz), CXX (default clang++-14), BITFORGE_BINARY_DIR (the main build,
 # used to generate seeds; default build).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 FUZZ_DIR="${FUZZ_DIR:-$ROOT/build-fuzz}"
 CXX="${CXX:-clang++-14}"
-JOBS="${JOBS:-1}"
 MAIN_BUILD="${BITFORGE_BINARY_DIR:-$ROOT/build}"
 HARNESSES=(${FUZZ_HARNESSES:-safetensors gguf packed shard config checkpoint tokenizer hf})
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
@@ -167,7 +166,7 @@ cmd_smoke() {
 }
 
 cmd_campaign() {
-  local runs="${1:-1000000}" max_time="${2:-0}" rep="$FUZZ_DIR/campaign/report.txt"
+  local runs="${1:-1000000}" max_time="${2:-0}" rep="${FUZZ_REPORT:-$FUZZ_DIR/campaign/report.txt}"
   [ -d "$FUZZ_DIR/bin" ] || cmd_build
   [ -d "$FUZZ_DIR/seeds" ] || cmd_seeds
   mkdir -p "$FUZZ_DIR/campaign"

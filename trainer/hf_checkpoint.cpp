@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "export/safetensors_torch.h"
+#include "trainer/memory_estimate.h"
 
 namespace bitforge {
 
@@ -321,6 +322,8 @@ void load_hf_weights(Transformer& model, const HfCheckpoint& ck, const HfLoadOpt
 Transformer load_hf_model(const std::string& dir, const QuantConfig& quant, HfCheckpoint* info,
                           const HfLoadOptions& options) {
   HfCheckpoint ck = read_hf_checkpoint(dir);
+  // Before allocating: fp32 weights plus RoPE tables (trainer/memory_estimate.h); a 1-token forward's activations.
+  check_memory(estimate_checkpoint_inference_memory(ck.model, 1, 1), "loading Hugging Face checkpoint " + dir);
   Transformer model(ck.model, quant);
   load_hf_weights(model, ck, options);
   if (info) *info = std::move(ck);

@@ -220,6 +220,9 @@ TrainResult train(const TrainSpec& spec) {
     // Newest intact checkpoint; a damaged newer one (killed mid-write by an older bitforge, flipped bytes) is
     // skipped with a warning.
     resume = load_latest_intact_checkpoint(ckpt_dir, model, &optimizer, &st);
+    if (!resume && !ckpt::list_checkpoints(ckpt_dir).empty())
+      throw CheckpointError(ckpt_dir + ": every checkpoint is damaged (see the warnings above); refusing to start "
+                                       "fresh over them: move them away, or set train.resume_from_checkpoint to \"\"");
     if (!resume) spdlog::info("[{}] resume_from_checkpoint: auto — no checkpoint in {}, starting fresh", spec.stage, ckpt_dir);
   } else if (!t.resume_from_checkpoint.empty()) {
     resume = t.resume_from_checkpoint;
