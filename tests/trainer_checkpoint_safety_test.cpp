@@ -279,3 +279,22 @@ TEST(CheckpointSafety, ReplacementIsAtomicAndInterruptedOnesAreRepaired) {
   make_ckpt(d / ("step-0000008.tmp-" + std::to_string(::getppid())), "busy");
   EXPECT_EQ(ckpt::clean_stale_temporaries(d.string()), 0);
 }
+
+// Item 1/5: when every checkpoint is damaged, `auto` does not silently start over (and later prune them).
+TEST(CheckpointSafety, AutoResumeRefusesToStartFreshOverDamagedCheckpoints) {
+  const std::string d = temp_dir("alldamaged");
+  auto r = train(tiny_spec(tiny_config(d, 4), d));
+  const fs::path f = fs::path(r.checkpoint_dir) / "model.safetensors";
+  std::string bytes = slurp(f);
+  bytes[bytes.size() - 5] ^= 0x7f;
+  std::ofstream(f, std::ios::binary | std::ios::trunc) << bytes;
+  auto cfg = tiny_config(d, 8);
+  cfg.train.resume_from_checkpoint = "auto";
+  try {
+    train(tiny_spec(cfg, d));
+    FAIL() << "started fresh over a damaged checkpoint";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("every checkpoint is damaged"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::exists(r.checkpoint_dir));  // left for the user to inspect
+}
