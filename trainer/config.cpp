@@ -167,6 +167,13 @@ bool read_bool(const YAML::Node& n, const Origin& o, const std::string& path) {
 std::string read_string(const YAML::Node& n, const Origin& o, const std::string& path) {
   if (n.IsNull()) return "";
   if (!n.IsScalar()) fail(o, n, path, "expected a string, got " + scalar_text(n));
+  // Control characters (CR, LF, NUL, ...) have no place in names and paths, and would not survive the effective
+  // config's round trip through YAML (found by tests/fuzz/fuzz_config.cpp).
+  for (size_t i = 0; i < n.Scalar().size(); ++i) {
+    const unsigned char ch = static_cast<unsigned char>(n.Scalar()[i]);
+    if (ch < 0x20 || ch == 0x7f)
+      fail(o, n, path, fmt::format("contains the control character 0x{:02x} at offset {}; expected printable text", ch, i));
+  }
   return n.Scalar();
 }
 
