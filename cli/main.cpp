@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "trainer/logging.h"
+#include "config/memory_estimate.h"
 
 namespace {
 
@@ -47,6 +48,7 @@ bitforge::cli::RunContext make_context(const Common& c) {
   ctx.config = c.config_path.empty() ? bitforge::parse_config("", "(defaults)", overrides)
                                      : bitforge::load_config(c.config_path, overrides);
   if (ctx.config.train.threads > 0) at::set_num_threads(static_cast<int>(ctx.config.train.threads));
+  bitforge::set_skip_memory_check(ctx.config.train.skip_memory_check);  // packed runtime, checkpoint loads
   bitforge::set_log_level(c.log_level.empty() ? ctx.config.logging.level : c.log_level);
   ctx.run_dir = (std::filesystem::path(ctx.config.run.output_dir) / ctx.config.run.name).string();
   return ctx;

@@ -168,6 +168,13 @@ bool read_bool(const YAML::Node& n, const Origin& o, const std::string& path) {
 std::string read_string(const YAML::Node& n, const Origin& o, const std::string& path) {
   if (n.IsNull()) return "";
   if (!n.IsScalar()) fail(o, n, path, "expected a string, got " + scalar_text(n));
+  // Control characters (CR, LF, NUL, ...) have no place in names and paths, and would not survive the effective
+  // config's round trip through YAML (found by tests/fuzz/fuzz_config.cpp).
+  for (size_t i = 0; i < n.Scalar().size(); ++i) {
+    const unsigned char ch = static_cast<unsigned char>(n.Scalar()[i]);
+    if (ch < 0x20 || ch == 0x7f)
+      fail(o, n, path, fmt::format("contains the control character 0x{:02x} at offset {}; expected printable text", ch, i));
+  }
   return n.Scalar();
 }
 
@@ -411,7 +418,7 @@ std::vector<Section> schema(Config& c) {
         int_field("eval_steps", c.train.eval_steps, 0), int_field("eval_batches", c.train.eval_batches, 1),
         int_field("save_steps", c.train.save_steps, 0), int_field("save_total_limit", c.train.save_total_limit, 1),
         string_field("resume_from_checkpoint", c.train.resume_from_checkpoint),
-        enum_field("on_nonfinite", c.train.on_nonfinite)}},
+        enum_field("on_nonfinite", c.train.on_nonfinite), bool_field("skip_memory_check", c.train.skip_memory_check)}},
       {"distill",
        {string_field("teacher", c.distill.teacher), enum_field("student_init", c.distill.student_init),
         double_field("alpha_ce", c.distill.alpha_ce, 0, kInf), double_field("alpha_kd", c.distill.alpha_kd, 0, kInf),
@@ -502,7 +509,48 @@ YAML::Node load_yaml(const std::string& text, const std::string& source) {
   }
 }
 
+/// Cross-key rules of the model section (shared by validate() and validate_model_config()).
+template <typename Bad>
+void validate_model_rules(const ModelConfig& m, const Bad& bad) {
+  if (m.num_attention_heads % m.num_key_value_heads != 0)
+    bad("model.num_key_value_heads", fmt::format("must divide num_attention_heads ({}), got {}",
+                                                 m.num_attention_heads, m.num_key_value_heads));
+  if (m.head_dim == 0 && m.hidden_size % m.num_attention_heads != 0)
+    bad("model.hidden_size", fmt::format("must be divisible by num_attention_heads ({}) when head_dim is 0, got {}",
+                                         m.num_attention_heads, m.hidden_size));
+  if (m.resolved_head_dim() % 2 != 0)
+    bad("model.head_dim", fmt::format("RoPE needs an even head dimension, got {}", m.resolved_head_dim()));
+}
+
+/// run.name is one path component: the run directory is <run.output_dir>/<run.name> and nothing may land outside.
+std::string run_name_problem(const std::string& n) {
+  if (n.empty()) return "is empty; expected a directory name such as 'default'";
+  if (n.find('\0') != std::string::npos) return "contains a NUL byte";
+  if (n == "." || n == "..") return fmt::format("'{}' is not a directory name", n);
+  if (n.find('/') != std::string::npos)
+    return fmt::format("'{}' contains '/'; expected a single directory name (run.output_dir says where)", n);
+  for (unsigned char ch : n)
+    if (ch < 0x20 || ch == 0x7f) return "contains a control character";
+  if (n.size() > 255) return fmt::format("is {} bytes; a directory name has at most 255", n.size());
+  return "";
+}
+
 }  // namespace
+
+void validate_model_config(const ModelConfig& model, const std::string& source) {
+  Config c;
+  c.model = model;
+  auto secs = schema(c);
+  const Origin o{source};
+  for (auto& sec : secs) {
+    if (sec.name != "model") continue;
+    // The schema's reader is the range check: write each value back as YAML and read it through its field.
+    for (auto& f : sec.fields) f.read(f.write(), o, "model." + f.key);
+  }
+  validate_model_rules(c.model, [&](const std::string& path, const std::string& msg) {
+    throw ConfigError(fmt::format("{}: {}: {}", source, path, msg));
+  });
+}
 
 void apply_override(Config& cfg, const std::string& assignment) {
   const std::string src = "--set " + assignment;
@@ -524,14 +572,7 @@ void validate(const Config& c, const std::string& src) {
     throw ConfigError(fmt::format("{}: {}: {}", src, path, msg));
   };
   const auto& m = c.model;
-  if (m.num_attention_heads % m.num_key_value_heads != 0)
-    bad("model.num_key_value_heads", fmt::format("must divide num_attention_heads ({}), got {}",
-                                                 m.num_attention_heads, m.num_key_value_heads));
-  if (m.head_dim == 0 && m.hidden_size % m.num_attention_heads != 0)
-    bad("model.hidden_size", fmt::format("must be divisible by num_attention_heads ({}) when head_dim is 0, got {}",
-                                         m.num_attention_heads, m.hidden_size));
-  if (m.resolved_head_dim() % 2 != 0)
-    bad("model.head_dim", fmt::format("RoPE needs an even head dimension, got {}", m.resolved_head_dim()));
+  validate_model_rules(m, bad);
   const auto& q = c.quant;
   if (q.enabled() && q.granularity == ScaleGranularity::group) {
     const int64_t ins[] = {m.hidden_size, m.intermediate_size, m.num_attention_heads * m.resolved_head_dim()};
@@ -551,8 +592,9 @@ void validate(const Config& c, const std::string& src) {
                         "table, so list 'embedding' too or untie the head");
   if (!q.enabled() && q.activations != ActivationQuant::none)
     bad("quant.activations", "activation quantization needs quantized weights (quant.weight is none)");
-  if (c.data.tokenizer == TokenizerKind::byte && m.vocab_size != 0 && m.vocab_size < 259)
-    bad("model.vocab_size", fmt::format("a byte tokenizer needs at least 259 ids, got {}", m.vocab_size));
+  if (c.data.tokenizer == TokenizerKind::byte && m.vocab_size != 0 && m.vocab_size < 258)
+    bad("model.vocab_size", fmt::format("a byte tokenizer needs at least 258 ids (256 bytes, bos, eos), got {}",
+                                        m.vocab_size));
   if (c.data.tokenizer == TokenizerKind::pretrained && c.data.tokenizer_path == "teacher" && c.distill.teacher.empty())
     bad("data.tokenizer", "'teacher' needs distill.teacher (a Hugging Face model directory or a bitforge checkpoint): "
                           "the run's own teacher stage is trained on a tokenizer bitforge trains");
@@ -581,6 +623,7 @@ void validate(const Config& c, const std::string& src) {
   if (d.attn_layer >= m.num_hidden_layers)
     bad("distill.attn_layer", fmt::format("layer {} does not exist (model has {})", d.attn_layer, m.num_hidden_layers));
   if (c.run.stages.empty()) bad("run.stages", "is empty: nothing to run");
+  if (const std::string p = run_name_problem(c.run.name); !p.empty()) bad("run.name", p);
   const auto& rs = c.run.stages;
   auto pos = [&](const char* s) { return std::find(rs.begin(), rs.end(), s) - rs.begin(); };
   if (pos("prepare-data") < static_cast<long>(rs.size()) && pos("prepare-data") != 0)

@@ -77,6 +77,7 @@ struct TrainConfig {
   int64_t save_total_limit = 2;        ///< keep the last k checkpoints
   std::string resume_from_checkpoint;  ///< "" | auto | PATH
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
+  bool skip_memory_check = false;      ///< experts: allocate even when the estimate exceeds available memory
 };
 
 // ----------------------------------------------------------------------------------------------------------
@@ -161,6 +162,10 @@ void apply_override(Config& cfg, const std::string& assignment);
 
 /// Cross-field checks (GQA divisibility, group size, contradictory pairs). Throws ConfigError.
 void validate(const Config& cfg, const std::string& source);
+
+/// Range-checks a model section that did not come from YAML (a packed file's or checkpoint's metadata) with the
+/// schema's per-key ranges and the model's cross-key rules. `source` names it in errors. Throws ConfigError.
+void validate_model_config(const ModelConfig& model, const std::string& source);
 
 /// The effective config as YAML; `parse_config(to_yaml(c))` gives back `c`.
 std::string to_yaml(const Config& cfg);

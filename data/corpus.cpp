@@ -1,5 +1,7 @@
 #include "data/corpus.h"
 
+#include <spdlog/spdlog.h>
+
 #include <fmt/format.h>
 #include <fnmatch.h>
 
@@ -10,6 +12,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "data/file_limits.h"
 
 namespace bitforge::data {
 namespace fs = std::filesystem;
@@ -80,12 +84,7 @@ std::string read_file_bytes(const std::string& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec))
     throw DataError(fmt::format("cannot read {}: it is a directory, expected a file", path));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError(fmt::format("cannot read {}: {}", path, std::strerror(errno)));
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) throw DataError(fmt::format("error while reading {}: {}", path, std::strerror(errno)));
-  return std::move(buf).str();
+  return read_corpus_file(path);  // regular files only, at most BITFORGE_MAX_CORPUS_FILE_BYTES
 }
 
 static std::vector<std::string_view> split_components(std::string_view p) {
@@ -138,9 +137,17 @@ std::vector<Document> read_text_dir(const std::string& dir, const std::string& g
   if (ec) throw DataError(fmt::format("cannot list corpus directory {}: {}", dir, ec.message()));
   for (; it != end; it.increment(ec)) {
     if (ec) throw DataError(fmt::format("cannot list corpus directory {}: {}", dir, ec.message()));
-    if (!it->is_regular_file(ec)) continue;
+    std::error_code dec;
+    if (it->is_directory(dec)) continue;
     std::string rel = it->path().lexically_relative(dir).generic_string();
-    if (glob_match(glob, rel)) files.emplace_back(std::move(rel), it->path());
+    if (!glob_match(glob, rel)) continue;
+    // Regular files only: a FIFO would block, a device never ends; dangling links and loops are reported by name.
+    if (auto why = non_regular_reason(it->path().string())) {
+      spdlog::warn("corpus directory {}: skipping {}: it is {}; only regular files are read", dir, it->path().string(),
+                   *why);
+      continue;
+    }
+    files.emplace_back(std::move(rel), it->path());
   }
   if (files.empty()) throw DataError(fmt::format("corpus directory {}: no file matches glob '{}'", dir, glob));
   std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -148,7 +155,7 @@ std::vector<Document> read_text_dir(const std::string& dir, const std::string& g
   std::vector<Document> docs;
   for (const auto& [rel, full] : files) {
     if (max_documents != 0 && docs.size() >= max_documents) break;
-    std::string text = read_file_bytes(full.string());
+    std::string text = read_corpus_file(full.string());  // bounded: BITFORGE_MAX_CORPUS_FILE_BYTES
     check_utf8(text, full.string());
     if (text.empty()) continue;
     docs.push_back({full.string(), std::move(text)});
@@ -162,7 +169,10 @@ std::vector<Document> read_text_dir(const std::string& dir, const std::string& g
 
 std::vector<Document> read_jsonl(const std::string& path, const std::string& text_field, std::size_t max_documents) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw DataError(fmt::format("corpus file {} does not exist", path));
+  if (!fs::exists(path, ec) && !fs::is_symlink(path, ec))
+    throw DataError(fmt::format("corpus file {} does not exist", path));
+  const uint64_t limit = max_corpus_file_bytes();
+  check_corpus_file(path);  // a regular file within the per-file limit (a FIFO would block, a device never ends)
   std::ifstream in(path, std::ios::binary);
   if (!in) throw DataError(fmt::format("cannot read {}: {}", path, std::strerror(errno)));
 
@@ -173,6 +183,9 @@ std::vector<Document> read_jsonl(const std::string& path, const std::string& tex
     ++line_no;
     const std::size_t line_offset = offset;
     offset += line.size() + 1;
+    if (offset > limit + 1)
+      throw DataError(fmt::format("corpus file {} grew past the per-file limit of {} bytes while it was read", path,
+                                  limit));
     if (!line.empty() && line.back() == '\r') line.pop_back();  // tolerate CRLF files
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     ++lines_with_content;
@@ -212,10 +225,11 @@ std::vector<Document> read_jsonl(const std::string& path, const std::string& tex
 
 std::vector<Document> read_text_file(const std::string& path) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw DataError(fmt::format("corpus file {} does not exist", path));
+  if (!fs::exists(path, ec) && !fs::is_symlink(path, ec))
+    throw DataError(fmt::format("corpus file {} does not exist", path));
   if (fs::is_directory(path, ec))
     throw DataError(fmt::format("corpus path {} is a directory; format text_file expects a file", path));
-  std::string text = read_file_bytes(path);
+  std::string text = read_corpus_file(path);  // regular files only, bounded
   check_utf8(text, path);
   if (text.empty()) throw DataError(fmt::format("corpus file {} is empty; expected text", path));
   return {Document{path, std::move(text)}};

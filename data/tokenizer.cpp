@@ -315,7 +315,10 @@ static std::unique_ptr<Tokenizer> from_bytes(std::string_view kind, const std::s
   if (kind == "sentencepiece") return sentencepiece_from_bytes(bytes, what);
   if (kind == "byte") {
     nlohmann::json j = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || j.value("kind", "") != "byte" || j.value("version", 0) != 1) {
+    // Typed checks: json::value() throws a bare type_error when "kind" is not a string (found by fuzz_tokenizer).
+    const bool ok = j.is_object() && j.contains("kind") && j["kind"].is_string() && j["kind"] == "byte" &&
+                    j.contains("version") && j["version"].is_number_integer() && j["version"] == 1;
+    if (!ok) {
       throw DataError(fmt::format("{}: not a byte tokenizer; expected {{\"kind\":\"byte\",\"version\":1}}", what));
     }
     return std::make_unique<ByteTokenizer>();

@@ -140,6 +140,12 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
   c.subln = b("subln");
   c.attention_bias = b("attention_bias");
   if (c.arch != "llama" && c.arch != "qwen3") throw FormatError("config.model.arch: '" + c.arch + "', expected llama or qwen3");
+  // The YAML schema's ranges (rope_theta > 0, rms_norm_eps in (0, 1], max_position_embeddings <= 2^22, ...).
+  try {
+    validate_model_config(c, "config.model");
+  } catch (const ConfigError& e) {
+    throw FormatError(std::string(e.what()) + " (model metadata outside the config schema's range)");
+  }
   if (c.vocab_size < 1 || c.hidden_size < 1 || c.intermediate_size < 1 || c.num_hidden_layers < 0 ||
       c.num_attention_heads < 1 || c.num_key_value_heads < 1 || c.head_dim < 1 || c.head_dim % 2 != 0 ||
       c.num_attention_heads % c.num_key_value_heads != 0 || c.max_position_embeddings < 1)

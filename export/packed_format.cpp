@@ -240,12 +240,41 @@ std::vector<uint8_t> base64_decode(const std::string& s) {
 // Writer
 // ---------------------------------------------------------------------------------------------------------
 
+namespace {
+
+constexpr const char* kChecksumPrefix = "crc32+meta:";
+constexpr const char* kLegacyChecksumPrefix = "crc32:";
+
+/// zlib's crc32_z treats a null buffer as "return the initial value": an empty tensor (nullptr data) would reset
+/// the running checksum. Empty chunks are skipped instead.
+uLong crc_update(uLong crc, const uint8_t* p, size_t n) { return n == 0 ? crc : crc32_z(crc, p, n); }
+
+uLong crc_metadata(uLong crc, const std::map<std::string, std::string>& md) {
+  for (const auto& [k, v] : md) {
+    if (k == "checksum") continue;
+    const uint8_t zero = 0;
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(v.size()) >> (8 * i));
+    crc = crc_update(crc, reinterpret_cast<const uint8_t*>(k.data()), k.size());
+    crc = crc_update(crc, &zero, 1);
+    crc = crc_update(crc, len, 8);
+    crc = crc_update(crc, reinterpret_cast<const uint8_t*>(v.data()), v.size());
+  }
+  return crc;
+}
+
+std::string crc_text(const char* prefix, uLong crc) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%s%08lx", prefix, static_cast<unsigned long>(crc));
+  return buf;
+}
+
+}  // namespace
+
 std::string packed_checksum(const SafetensorsWriter& w) {
   uLong crc = crc32(0L, Z_NULL, 0);
-  w.for_each_data_chunk([&](const uint8_t* p, size_t n) { crc = crc32_z(crc, p, n); });
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "crc32:%08lx", static_cast<unsigned long>(crc));
-  return buf;
+  w.for_each_data_chunk([&](const uint8_t* p, size_t n) { crc = crc_update(crc, p, n); });
+  return crc_text(kChecksumPrefix, crc_metadata(crc, w.metadata()));
 }
 
 SafetensorsWriter make_packed_writer(const PackedModel& m) {
@@ -303,11 +332,20 @@ PackedModel read_packed(const SafetensorsFile& f) {
     fail("unknown format_version '" + meta("format_version") + "'; expected '" + kPackedFormatVersion + "'");
   {
     const auto data = f.data_section();
-    const uLong crc = crc32_z(crc32(0L, Z_NULL, 0), data.data, data.size);
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "crc32:%08lx", static_cast<unsigned long>(crc));
-    if (meta("checksum") != buf)
-      fail("checksum mismatch: __metadata__.checksum is '" + meta("checksum") + "' but the data section has '" + buf + "'");
+    const uLong crc = crc_update(crc32(0L, Z_NULL, 0), data.data, data.size);
+    const std::string& recorded = meta("checksum");
+    if (recorded.rfind(kChecksumPrefix, 0) == 0) {
+      const std::string got = crc_text(kChecksumPrefix, crc_metadata(crc, md));
+      if (recorded != got)
+        fail("checksum mismatch: __metadata__.checksum is '" + recorded + "' but the data section and metadata have '" +
+             got + "'");
+    } else if (recorded.rfind(kLegacyChecksumPrefix, 0) == 0) {  // before metadata was covered
+      const std::string got = crc_text(kLegacyChecksumPrefix, crc);
+      if (recorded != got)
+        fail("checksum mismatch: __metadata__.checksum is '" + recorded + "' but the data section has '" + got + "'");
+    } else {
+      fail("__metadata__.checksum is '" + recorded + "'; expected 'crc32+meta:' and 8 hex digits");
+    }
   }
   PackedModel m;
   m.config = meta("config");

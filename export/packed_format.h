@@ -8,7 +8,11 @@
 //   tokenizer       the tokenizer file, base64 (RFC 4648, padded)
 //   layers          JSON object {"<name>": {"quantizer": "binary"|"ternary", "granularity": "tensor"|"channel"|
 //                   "group", "group_size": G, "in": I, "out": O}, ...}
-//   checksum        "crc32:xxxxxxxx" (zlib crc32, lowercase hex) over the whole data section
+//   checksum        "crc32+meta:xxxxxxxx" (zlib crc32, lowercase hex) over the whole data section followed by every
+//                   other __metadata__ entry in key order, each as key bytes, a 0 byte, the value's length as u64
+//                   little-endian, the value bytes; so the config, tokenizer and layers metadata are covered too.
+//                   Files written before this scheme carry "crc32:xxxxxxxx" over the data section only; they are
+//                   still read (their metadata is range-checked like any other).
 // Tensors per quantized layer <name> (e.g. model.layers.0.mlp.up_proj.weight, W is [out, in]):
 //   <name>.codes         U8  [out, row_bytes]  binary: sign bits, row_bytes = ceil(in/8); ternary: 2-bit codes
 //                                              q+1, row_bytes = ceil(in/4) (layouts in export/bitpack.h);
@@ -86,7 +90,7 @@ struct PackedModel {
 
 /// Builds the safetensors container (validating every layer first; throws FormatError / invalid_argument).
 SafetensorsWriter make_packed_writer(const PackedModel& model);
-/// "crc32:xxxxxxxx" over the data section the writer will produce.
+/// "crc32+meta:xxxxxxxx" over the data section the writer will produce and its metadata (except "checksum").
 std::string packed_checksum(const SafetensorsWriter& w);
 /// Atomic write (path.tmp + rename).
 void write_packed(const std::string& path, const PackedModel& model);

@@ -1,6 +1,8 @@
 // Packed-model CPU runtime; contract in runtime/packed_runtime.h, operations mirror trainer/model.cpp.
 #include "runtime/packed_runtime.h"
 
+#include <sys/stat.h>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -15,6 +17,7 @@
 #include "export/model_export.h"
 #include "kernels/dense_gemv.h"
 #include "kernels/packed_gemv.h"
+#include "config/memory_estimate.h"  // bitforge_config: estimate before allocating the KV cache
 
 namespace bitforge::runtime {
 
@@ -267,6 +270,11 @@ struct PackedRuntime::Impl {
       cfg = formats::model_config_from_json(cj["model"]);
     } catch (const FormatError& e) {
       throw FormatError(path + ": " + e.what());
+    }
+    {  // before the RoPE tables and the KV cache for max_position_embeddings are allocated
+      struct stat st {};
+      const double file_bytes = ::stat(path.c_str(), &st) == 0 ? static_cast<double>(st.st_size) : 0.0;
+      check_memory(estimate_packed_runtime_memory(cfg, file_bytes), "packed runtime for " + path);
     }
     quant_text = cj.value("quant", std::string());
     layer_meta = cj.contains("layers") ? cj["layers"] : nlohmann::json::object();

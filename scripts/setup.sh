@@ -34,6 +34,9 @@ declare -A DEBS=(
   [python3.11-doc]=/usr/share/doc/python3.11/html/_sources/contents.rst.txt
   [gnuplot-nox]=/usr/bin/gnuplot
   [ccache]=/usr/bin/ccache
+  [libxxhash-dev]=/usr/include/xxhash.h                 # checkpoint checksums (XXH3-64)
+  [clang-14]=/usr/bin/clang++-14                        # scripts/fuzz.sh: libFuzzer harnesses with ASan/UBSan
+  [libclang-rt-14-dev]=/usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a
 )
 missing=()
 for pkg in "${!DEBS[@]}"; do

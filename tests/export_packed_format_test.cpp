@@ -210,7 +210,7 @@ TEST(ExportPackedHostile, UnknownVersion) {
 TEST(ExportPackedHostile, ChecksumMismatch) {
   auto img = rebuild([](auto&, auto&) {});
   img[img.size() - 3] ^= 0x10;  // flip a bit in the data section
-  BF_EXPECT_THROW_MSG(read_image(img), FormatError, "checksum mismatch: __metadata__.checksum is 'crc32:");
+  BF_EXPECT_THROW_MSG(read_image(img), FormatError, "checksum mismatch: __metadata__.checksum is 'crc32+meta:");
 }
 
 TEST(ExportPackedHostile, AnchorIndexOutOfRange) {

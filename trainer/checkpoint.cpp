@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "export/safetensors_torch.h"
+#include "config/memory_estimate.h"
 
 namespace fs = std::filesystem;
 
@@ -22,17 +23,7 @@ constexpr const char* kComplete = "COMPLETE";
 
 std::string step_name(int64_t step) { return fmt::format("step-{:07d}", step); }
 
-/// Deletes a directory tree without std::filesystem::remove_all (libtorch exports a broken copy of it).
-void remove_tree(const fs::path& p) {
-  std::error_code ec;
-  if (!fs::exists(p, ec)) return;
-  if (fs::is_directory(p, ec) && !fs::is_symlink(p, ec)) {
-    std::vector<fs::path> children;
-    for (auto& e : fs::directory_iterator(p, ec)) children.push_back(e.path());
-    for (auto& c : children) remove_tree(c);
-  }
-  fs::remove(p, ec);
-}
+void remove_tree(const fs::path& p) { ckpt::remove_tree(p.string()); }
 
 void write_text_file(const fs::path& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -69,10 +60,13 @@ std::map<const void*, std::string> param_names(Transformer& model) {
 std::string save_checkpoint(const std::string& dir, Transformer& model, torch::optim::Optimizer* optimizer,
                             const CheckpointPayload& payload, int64_t keep_last) {
   fs::create_directories(dir);
+  ckpt::clean_stale_temporaries(dir);
   const fs::path final_path = fs::path(dir) / step_name(payload.step);
   const fs::path tmp = fs::path(dir) / fmt::format("{}.tmp-{}", step_name(payload.step), ::getpid());
   remove_tree(tmp);
   fs::create_directories(tmp);
+  ckpt::crash_point("checkpoint:begin");
+  std::vector<std::string> files = {"model.safetensors"};
 
   safetensors::save((tmp / "model.safetensors").string(), model_tensors(model),
                     {{"format", "bitforge.checkpoint"}, {"step", std::to_string(payload.step)}});
@@ -91,19 +85,29 @@ std::string save_checkpoint(const std::string& dir, Transformer& model, torch::o
         opt[name + ".step"] = torch::tensor({s.step()}, torch::kLong);
       }
     opt["__rng_cpu__"] = at::detail::getDefaultCPUGenerator().get_state();
+    ckpt::crash_point("checkpoint:after-model");
     safetensors::save((tmp / "optimizer.safetensors").string(), opt, {{"format", "bitforge.optimizer.adamw"}});
+    files.push_back("optimizer.safetensors");
   }
   nlohmann::json st = payload.trainer_state;
   st["step"] = payload.step;
   write_text_file(tmp / "trainer_state.json", st.dump(2));
-  if (payload.config) save_config(*payload.config, (tmp / "config.yaml").string());
-  if (payload.tokenizer)
-    data::save_tokenizer(*payload.tokenizer,
-                         (tmp / (payload.tokenizer->kind() == "byte" ? "tokenizer.bin" : "tokenizer.model")).string());
-  write_text_file(tmp / kComplete, "ok\n");
-
-  remove_tree(final_path);  // an older checkpoint of the same step (re-run) is replaced
-  fs::rename(tmp, final_path);
+  files.push_back("trainer_state.json");
+  if (payload.config) {
+    save_config(*payload.config, (tmp / "config.yaml").string());
+    files.push_back("config.yaml");
+  }
+  if (payload.tokenizer) {
+    const std::string name = payload.tokenizer->kind() == "byte" ? "tokenizer.bin" : "tokenizer.model";
+    data::save_tokenizer(*payload.tokenizer, (tmp / name).string());
+    files.push_back(name);
+  }
+  ckpt::crash_point("checkpoint:before-complete");
+  ckpt::write_manifest(tmp.string(), files, payload.step);  // COMPLETE, last
+  ckpt::crash_point("checkpoint:before-publish");
+  // An older checkpoint of the same step (re-saving a finished run) is swapped out atomically, never deleted first.
+  ckpt::publish_directory(tmp.string(), final_path.string());
+  ckpt::crash_point("checkpoint:before-prune");
 
   // Retention: keep the newest keep_last complete checkpoints.
   std::vector<std::pair<int64_t, fs::path>> all;
@@ -114,41 +118,57 @@ std::string save_checkpoint(const std::string& dir, Transformer& model, torch::o
     if (std::regex_match(n, m, re) && fs::exists(e.path() / kComplete)) all.emplace_back(std::stoll(m[1]), e.path());
   }
   std::sort(all.begin(), all.end());
-  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) remove_tree(all[i].second);
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) {
+    ckpt::remove_checkpoint_dir(all[i].second.string());  // renamed away first: never half-deleted under its name
+    ckpt::crash_point("checkpoint:after-prune-one");
+  }
   return final_path.string();
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return std::nullopt;
-  static const std::regex re("step-(\\d{7})");
-  int64_t best = -1;
-  fs::path best_path;
-  for (auto& e : fs::directory_iterator(dir, ec)) {
-    std::smatch m;
-    const std::string n = e.path().filename().string();
-    if (!std::regex_match(n, m, re)) {
-      if (n.rfind("step-", 0) == 0) spdlog::warn("ignoring incomplete checkpoint {}", e.path().string());
-      continue;
+  for (const auto& [step, path] : ckpt::list_checkpoints(dir)) {
+    try {
+      ckpt::verify_checkpoint_files(path, /*hash=*/false);  // cheap: manifest, presence and sizes
+      return path;
+    } catch (const CheckpointError& e) {
+      spdlog::warn("skipping damaged checkpoint {}: {}", path, e.what());
     }
-    if (!fs::exists(e.path() / kComplete)) {
-      spdlog::warn("ignoring checkpoint without its {} marker: {}", kComplete, e.path().string());
-      continue;
-    }
-    const int64_t s = std::stoll(m[1]);
-    if (s > best) best = s, best_path = e.path();
   }
-  if (best < 0) return std::nullopt;
-  return best_path.string();
+  return std::nullopt;
+}
+
+std::optional<std::string> load_latest_intact_checkpoint(const std::string& dir, Transformer& model,
+                                                         torch::optim::Optimizer* optimizer, nlohmann::json* state) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return std::nullopt;
+  const auto all = ckpt::list_checkpoints(dir);
+  for (size_t i = 0; i < all.size(); ++i) {
+    const std::string& path = all[i].second;
+    try {
+      if (optimizer) optimizer->state().clear();  // nothing from a rejected candidate survives
+      nlohmann::json st = load_checkpoint(path, model, optimizer);
+      if (i > 0)
+        spdlog::warn("resuming from {}: the {} newer checkpoint(s) in {} are damaged (see the warnings above)", path, i,
+                     dir);
+      if (state) *state = std::move(st);
+      return path;
+    } catch (const CheckpointError& e) {
+      spdlog::warn("checkpoint {} is damaged, falling back to the previous one: {}", path, e.what());
+    }
+  }
+  if (optimizer) optimizer->state().clear();
+  return std::nullopt;
 }
 
 nlohmann::json load_checkpoint(const std::string& checkpoint_dir, Transformer& model,
                                torch::optim::Optimizer* optimizer) {
   const fs::path d(checkpoint_dir);
   if (!fs::is_directory(d)) throw CheckpointError(checkpoint_dir + ": not a checkpoint directory");
-  if (!fs::exists(d / kComplete))
-    throw CheckpointError(checkpoint_dir + ": incomplete checkpoint (no " + kComplete +
-                          " marker: its writing was interrupted); refusing to load it");
+  ckpt::verify_checkpoint_files(checkpoint_dir, /*hash=*/true);  // COMPLETE present, every file's size and checksum
+  const nlohmann::json state =
+      ckpt::parse_trainer_state(read_text_file(d / "trainer_state.json"), (d / "trainer_state.json").string());
   std::map<std::string, torch::Tensor> tensors;
   try {
     tensors = safetensors::load((d / "model.safetensors").string());
@@ -200,22 +220,15 @@ nlohmann::json load_checkpoint(const std::string& checkpoint_dir, Transformer& m
       gen.set_state(opt.at("__rng_cpu__"));
     }
   }
-  try {
-    return nlohmann::json::parse(read_text_file(d / "trainer_state.json"));
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError((d / "trainer_state.json").string() + ": not valid JSON: " + e.what());
-  }
+  return state;
 }
 
-LoadedModel load_model(const std::string& path) {
-  std::string dir = path;
-  if (!fs::exists(fs::path(path) / kComplete)) {
-    auto latest = latest_checkpoint(path);
-    if (!latest) throw CheckpointError(path + ": no complete checkpoint found (expected step-NNNNNNN/ with COMPLETE)");
-    dir = *latest;
-  }
+namespace {
+
+LoadedModel load_model_from(const std::string& dir) {
   LoadedModel lm;
   lm.checkpoint_dir = dir;
+  ckpt::verify_checkpoint_files(dir, /*hash=*/false);  // before trusting config.yaml; load_checkpoint hashes all
   try {
     lm.config = load_config((fs::path(dir) / "config.yaml").string());
   } catch (const ConfigError& e) {
@@ -224,11 +237,31 @@ LoadedModel load_model(const std::string& path) {
   for (const char* name : {"tokenizer.model", "tokenizer.bin"})
     if (fs::exists(fs::path(dir) / name)) lm.tokenizer = data::load_tokenizer((fs::path(dir) / name).string());
   if (!lm.tokenizer) throw CheckpointError(dir + ": no tokenizer.model or tokenizer.bin in the checkpoint");
+  check_memory(estimate_checkpoint_inference_memory(lm.config.model, lm.config.eval.batch_size, lm.config.eval.seq_len),
+               "loading checkpoint " + dir, lm.config.train.skip_memory_check);
   lm.model = Transformer(lm.config.model, lm.config.quant);
   auto st = load_checkpoint(dir, lm.model, nullptr);
-  lm.step = st.value("step", 0);
+  lm.step = st.value("step", int64_t{0});
   lm.model->eval();
   return lm;
+}
+
+}  // namespace
+
+LoadedModel load_model(const std::string& path) {
+  if (fs::exists(fs::path(path) / kComplete)) return load_model_from(path);  // one named checkpoint: no fallback
+  const auto all = ckpt::list_checkpoints(path);
+  for (size_t i = 0; i < all.size(); ++i) {
+    try {
+      LoadedModel lm = load_model_from(all[i].second);
+      if (i > 0) spdlog::warn("using {}: the {} newer checkpoint(s) in {} are damaged", all[i].second, i, path);
+      return lm;
+    } catch (const CheckpointError& e) {
+      spdlog::warn("checkpoint {} is damaged, falling back to the previous one: {}", all[i].second, e.what());
+    }
+  }
+  throw CheckpointError(path + ": no complete checkpoint found (expected step-NNNNNNN/ with COMPLETE)" +
+                        (all.empty() ? std::string() : " — every candidate is damaged, see the warnings above"));
 }
 
 }  // namespace bitforge

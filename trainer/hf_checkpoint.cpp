@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "export/safetensors_torch.h"
+#include "config/memory_estimate.h"
 
 namespace bitforge {
 
@@ -39,7 +40,7 @@ std::string read_text(const fs::path& p) {
 json parse_json(const std::string& text, const std::string& source) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for 1e9999 (found by fuzz_hf)
     throw HfCheckpointError(source + ": not valid JSON (" + e.what() + ")");
   }
 }
@@ -200,6 +201,11 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
   }
   cfg.subln = r.boolean("bitforge_subln", false);
 
+  try {  // the YAML schema's ranges, as for every other reader of model metadata
+    validate_model_config(cfg, source);
+  } catch (const ConfigError& e) {
+    throw HfCheckpointError(e.what());
+  }
   if (model_type) *model_type = type;
   if (dtype) *dtype = r.has("dtype") ? r.string("dtype", "") : r.string("torch_dtype", "");
   return cfg;
@@ -318,6 +324,8 @@ void load_hf_weights(Transformer& model, const HfCheckpoint& ck, const HfLoadOpt
 Transformer load_hf_model(const std::string& dir, const QuantConfig& quant, HfCheckpoint* info,
                           const HfLoadOptions& options) {
   HfCheckpoint ck = read_hf_checkpoint(dir);
+  // Before allocating: fp32 weights plus RoPE tables (config/memory_estimate.h); a 1-token forward's activations.
+  check_memory(estimate_checkpoint_inference_memory(ck.model, 1, 1), "loading Hugging Face checkpoint " + dir);
   Transformer model(ck.model, quant);
   load_hf_weights(model, ck, options);
   if (info) *info = std::move(ck);

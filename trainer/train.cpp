@@ -13,6 +13,7 @@
 
 #include "trainer/checkpoint.h"
 #include "trainer/logging.h"
+#include "config/memory_estimate.h"
 #include "trainer/losses.h"
 
 namespace fs = std::filesystem;
@@ -181,6 +182,9 @@ TrainResult train(const TrainSpec& spec) {
   const std::string ckpt_dir = (fs::path(spec.output_dir) / "checkpoints").string();
   torch::Device device = select_device(t);
   torch::manual_seed(t.seed);
+  // Before allocating: the model, gradients, AdamW moments and activations must fit (config/memory_estimate.h).
+  check_memory(estimate_training_memory(cfg), "training stage '" + spec.stage + "'", t.skip_memory_check);
+  ckpt::clean_stale_temporaries(ckpt_dir);  // temporaries of killed writers; an interrupted replacement restored
 
   Transformer model(cfg.model, cfg.quant);
   model->to(device);
@@ -211,17 +215,27 @@ TrainResult train(const TrainSpec& spec) {
   // Resume.
   int64_t start_step = 0, tokens_seen = 0;
   std::optional<std::string> resume;
+  nlohmann::json st;
   if (t.resume_from_checkpoint == "auto") {
-    resume = latest_checkpoint(ckpt_dir);
+    // Newest intact checkpoint; a damaged newer one (killed mid-write by an older bitforge, flipped bytes) is
+    // skipped with a warning.
+    resume = load_latest_intact_checkpoint(ckpt_dir, model, &optimizer, &st);
+    if (!resume && !ckpt::list_checkpoints(ckpt_dir).empty())
+      throw CheckpointError(ckpt_dir + ": every checkpoint is damaged (see the warnings above); refusing to start "
+                                       "fresh over them: move them away, or set train.resume_from_checkpoint to \"\"");
     if (!resume) spdlog::info("[{}] resume_from_checkpoint: auto — no checkpoint in {}, starting fresh", spec.stage, ckpt_dir);
   } else if (!t.resume_from_checkpoint.empty()) {
     resume = t.resume_from_checkpoint;
+    st = load_checkpoint(*resume, model, &optimizer);
   }
   if (resume) {
-    auto st = load_checkpoint(*resume, model, &optimizer);
     start_step = st.at("step").get<int64_t>();
     tokens_seen = st.value("tokens_seen", int64_t{0});
-    loader.restore(st.at("loader").get<data::LoaderState>());
+    try {
+      loader.restore(st.at("loader").get<data::LoaderState>());
+    } catch (const nlohmann::json::exception& e) {
+      throw CheckpointError(*resume + "/trainer_state.json: \"loader\" is missing or malformed: " + e.what());
+    }
     for (auto& bl : model->bit_linears()) bl->restore_step(start_step);
     spdlog::info("[{}] resumed from {} at step {} ({} tokens seen)", spec.stage, *resume, start_step, tokens_seen);
   } else if (spec.init) {
@@ -293,6 +307,7 @@ TrainResult train(const TrainSpec& spec) {
     }
     optimizer.step();
     for (auto& bl : model->bit_linears()) bl->on_step(step + 1);
+    ckpt::crash_point("train:after-step");  // testing: BITFORGE_CRASH_AT=train:after-step:N
     tokens_seen += tokens_per_step;
     window_tokens += tokens_per_step;
     window_loss += step_loss;
