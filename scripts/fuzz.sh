@@ -21,10 +21,10 @@ MAIN_BUILD="${BITFORGE_BINARY_DIR:-$ROOT/build}"
 HARNESSES=(${FUZZ_HARNESSES:-safetensors gguf packed shard config checkpoint tokenizer hf})
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CXXFLAGS="-std=c++17 -O1 -g $SAN -fsanitize=fuzzer-no-link -I$ROOT -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
-LIBS="-lyaml-cpp -lspdlog -lfmt -lsentencepiece -lsentencepiece_train -lxxhash -lz -pthread"
+LIBS="-lyaml-cpp -lspdlog -lfmt -lsentencepiece -lsentencepiece_train -lpcre2-8 -lutf8proc -lxxhash -lz -pthread"
 CORE=(export/safetensors.cpp export/mapped_file.cpp export/gguf.cpp export/ggml_quants.cpp export/bitpack.cpp
-      export/packed_format.cpp export/model_export.cpp trainer/config.cpp trainer/checkpoint_io.cpp
-      data/shard.cpp data/tokenizer.cpp data/corpus.cpp data/file_limits.cpp)
+      export/packed_format.cpp export/model_export.cpp config/config.cpp config/memory_estimate.cpp trainer/checkpoint_io.cpp
+      data/shard.cpp data/tokenizer.cpp data/hf_tokenizer.cpp data/prepare.cpp data/baseline.cpp data/corpus.cpp data/file_limits.cpp)
 
 say() { printf '[fuzz] %s\n' "$*"; }
 
@@ -74,7 +74,7 @@ cmd_build() {
     say "link fuzz_hf"
     if ! $CXX $SAN -fsanitize=fuzzer "$FUZZ_DIR/obj/fuzz_hf.o" "$FUZZ_DIR/obj/trainer_hf_checkpoint.cpp.o" \
         "$FUZZ_DIR/libfuzzcore.a" "$MAIN_BUILD/trainer/libbitforge_trainer.a" "$MAIN_BUILD/export/libbitforge_export.a" \
-        "$MAIN_BUILD/trainer/libbitforge_config.a" "$MAIN_BUILD/data/libbitforge_data.a" \
+        "$MAIN_BUILD/config/libbitforge_config.a" "$MAIN_BUILD/data/libbitforge_data.a" \
         "$MAIN_BUILD/kernels/libbitforge_kernels.so" -Wl,-rpath,"$MAIN_BUILD/kernels" ${tf##*|} -lgomp $LIBS \
         -o "$FUZZ_DIR/bin/fuzz_hf" \
         2>>"$FUZZ_DIR/hf_build.log"; then
