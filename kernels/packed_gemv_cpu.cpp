@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -336,6 +337,9 @@ bool avx2_layout_ok(const PackedMatrixView& w, bool int8) {
 
 bool use_avx2(const PackedMatrixView& w, bool int8, GemvImpl impl) {
   if (impl == GemvImpl::scalar) return false;
+  if (impl == GemvImpl::avx512)
+    throw std::invalid_argument("packed_gemv: the row-wise kernels have no AVX-512 path (RepackedMatrix has)");
+  if (impl == GemvImpl::automatic && best_cpu_isa() == GemvImpl::scalar) return false;  // BITFORGE_CPU_ISA=scalar
   const bool ok = cpu_has_avx2() && avx2_layout_ok(w, int8);
   if (impl == GemvImpl::avx2 && !ok)
     throw std::invalid_argument("packed_gemv: AVX2 path requested but " +
@@ -353,6 +357,74 @@ bool cpu_has_avx2() {
 #else
   return false;
 #endif
+}
+
+bool cpu_has_avx512() {
+#ifdef BF_X86
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                          __builtin_cpu_supports("avx512vbmi");
+  return has;
+#else
+  return false;
+#endif
+}
+
+namespace {
+/// BITFORGE_CPU_ISA, read once: the highest path automatic may pick (automatic = no cap).
+GemvImpl isa_cap() {
+  static const GemvImpl cap = [] {
+    const char* e = std::getenv("BITFORGE_CPU_ISA");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "auto" || v == "automatic") return GemvImpl::automatic;
+    if (v == "avx512") return GemvImpl::avx512;
+    if (v == "avx2") return GemvImpl::avx2;
+    if (v == "scalar") return GemvImpl::scalar;
+    throw std::invalid_argument("BITFORGE_CPU_ISA must be avx512, avx2, scalar or auto, got '" + v + "'");
+  }();
+  return cap;
+}
+}  // namespace
+
+GemvImpl best_cpu_isa() {
+  const GemvImpl cap = isa_cap();
+  if (cpu_has_avx512() && (cap == GemvImpl::automatic || cap == GemvImpl::avx512)) return GemvImpl::avx512;
+  if (cpu_has_avx2() && cap != GemvImpl::scalar) return GemvImpl::avx2;
+  return GemvImpl::scalar;
+}
+
+const char* isa_name(GemvImpl isa) {
+  switch (isa) {
+    case GemvImpl::automatic: return "automatic";
+    case GemvImpl::scalar: return "scalar";
+    case GemvImpl::avx2: return "avx2";
+    case GemvImpl::avx512: return "avx512";
+  }
+  return "?";
+}
+
+std::string cpu_features() {
+  std::string f;
+#ifdef BF_X86
+  auto add = [&](bool has, const char* name) {
+    if (has) f += std::string(f.empty() ? "" : " ") + name;
+  };
+  add(__builtin_cpu_supports("avx2"), "avx2");
+  add(__builtin_cpu_supports("fma"), "fma");
+  add(__builtin_cpu_supports("f16c"), "f16c");
+  add(__builtin_cpu_supports("avx512f"), "avx512f");
+  add(__builtin_cpu_supports("avx512bw"), "avx512bw");
+  add(__builtin_cpu_supports("avx512vl"), "avx512vl");
+  add(__builtin_cpu_supports("avx512dq"), "avx512dq");
+  add(__builtin_cpu_supports("avx512vnni"), "avx512vnni");
+  add(__builtin_cpu_supports("avx512vbmi"), "avx512vbmi");
+  add(__builtin_cpu_supports("avx512vpopcntdq"), "avx512vpopcntdq");
+  add(__builtin_cpu_supports("avx512bitalg"), "avx512bitalg");
+  add(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+#endif
+  if (f.empty()) f = "(no x86 SIMD features)";
+  if (const char* e = std::getenv("BITFORGE_CPU_ISA"); e && *e) f += std::string("; BITFORGE_CPU_ISA=") + e;
+  return f;
 }
 
 int parallel_threads_used(int threads) {
