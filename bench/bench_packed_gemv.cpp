@@ -246,6 +246,17 @@ int main(int argc, char** argv) {
   std::string cmd;
   for (int i = 0; i < argc; ++i) cmd += std::string(i ? " " : "") + argv[i];
   std::printf("reproduce: cmake --build <build dir> --target bench_packed_gemv && %s\n", cmd.c_str());
+  std::printf("CPU features: %s\nkernel path: %s (RepackedMatrix on 8B shapes: %s; BITFORGE_CPU_ISA=avx2|scalar forces a "
+              "fallback)\n",
+              bk::cpu_features().c_str(), bk::isa_name(bk::best_cpu_isa()), [] {
+                bk::PackedMatrixView v;
+                v.out = 64;
+                v.in = 4096;
+                v.group_size = 128;
+                return bk::RepackedMatrix::supports_avx512_layout(v) && bk::best_cpu_isa() == bk::GemvImpl::avx512
+                           ? "avx512 tiles"
+                           : (bk::best_cpu_isa() == bk::GemvImpl::scalar ? "scalar" : "avx2 32-row blocks");
+              }());
   std::printf("threads %d, AVX2 %s, llama.cpp baseline %s\n", threads, bk::cpu_has_avx2() ? "yes" : "no",
 #ifdef BITFORGE_WITH_GGML
               "yes (ggml CPU backend, " BITFORGE_GGML_DIR ")"
@@ -306,13 +317,24 @@ int main(int argc, char** argv) {
       };
       std::vector<Row> rows;
       auto a8_cold = [&] { for (auto& r : R) r->gemv_i8(q.data(), &s, 1, y.data(), threads); };
-      {  // bitforge LUT A8 / A16, row-wise A8
+      {  // bitforge LUT A8 / A16 on the best path (named), and the AVX2 layout next to it when AVX-512 ran
+        const std::string isa = bk::isa_name(R[0]->isa());
         const double a8c = median_us(a8_cold, min_ms, copies);
         const double a8w = median_us([&] { R[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
-        rows.push_back({"bitforge LUT A8", a8c, a8w, bytes, maxdiff(y.data())});
+        rows.push_back({"LUT A8 " + isa, a8c, a8w, bytes, maxdiff(y.data())});
         const double a16c = median_us([&] { for (auto& r : R) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
         const double a16w = median_us([&] { R[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
-        rows.push_back({"bitforge LUT A16", a16c, a16w, bytes, maxdiff(y.data())});
+        rows.push_back({"LUT A16 " + isa, a16c, a16w, bytes, maxdiff(y.data())});
+        if (R[0]->isa() == bk::GemvImpl::avx512) {
+          std::vector<std::unique_ptr<bk::RepackedMatrix>> R2;
+          for (int c = 0; c < copies; ++c) R2.push_back(std::make_unique<bk::RepackedMatrix>(p.v, bk::GemvImpl::avx2));
+          const double c8 = median_us([&] { for (auto& r : R2) r->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
+          const double w8 = median_us([&] { R2[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
+          rows.push_back({"LUT A8 avx2", c8, w8, bytes, maxdiff(y.data())});
+          const double c16 = median_us([&] { for (auto& r : R2) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
+          const double w16 = median_us([&] { R2[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
+          rows.push_back({"LUT A16 avx2", c16, w16, bytes, maxdiff(y.data())});
+        }
         std::vector<Packed> views(copies, p);  // row-wise layout copies
         for (auto& v : views) {
           v.v.codes = v.codes.data();

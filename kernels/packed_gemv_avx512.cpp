@@ -3,8 +3,9 @@
 // layout where each 32-bit lane of a zmm register holds 4 packed bytes of one output row:
 //   A8:  the int16-range table T_j is split exactly into L = T & 63 (u8) and H = T >> 6 (s8); `vpermb` (AVX-512
 //        VBMI) looks up 64 nibbles (16 rows × 4 bytes) in a 64-entry table holding the 4 tables of the lane's 4 byte
-//        positions, and `vpdpbusd` (AVX-512 VNNI) adds L·1 + 64·H of the lane's 4 lookups into the row's int32 sum —
-//        the exact integer Σ code · q, so the result is bit-identical to every other A8 path.
+//        positions; the L and H lookups of two dword columns are summed exactly in bytes (u8 ≤ 4·63, s8 |·| ≤ 4·8) and
+//        `vpdpbusd` (AVX-512 VNNI) adds Σ L · 1 + 64 · Σ H of each lane's 4 bytes into the row's int32 sum — the exact
+//        integer Σ code · q, so the result is bit-identical to every other A8 path.
 //   A16: `vpermps` looks up the 16-float table of each nibble for 16 rows; the additions are the scalar LUT path's,
 //        in its order, so the result is bit-identical to it.
 //
@@ -144,32 +145,38 @@ void tiles_i8_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const uint8_
     __m512 tot[4];
     for (int j = 0; j < 4; ++j) tot[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G.n_groups; ++g) {
-      __m512i al[4], ah[4];
-      for (int j = 0; j < 4; ++j) al[j] = ah[j] = _mm512_setzero_si512();
-      const int64_t d1 = (g + 1) * G.dwords_per_group;
-      for (int64_t d = g * G.dwords_per_group; d < d1; ++d) {
-        const uint8_t* td = tab + d * 256;
-        const __m512i tll = _mm512_load_si512(td), thl = _mm512_load_si512(td + 64);
-        const __m512i tlh = _mm512_load_si512(td + 128), thh = _mm512_load_si512(td + 192);
-        const uint8_t* wd = wt + d * 256;
-        _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 64), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 128), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 192), _MM_HINT_T0);
-        for (int j = 0; j < 4; ++j) {
-          const __m512i v = _mm512_loadu_si512(wd + 64 * j);
-          const __m512i il = _mm512_ternarylogic_epi32(v, m0f, pos, kOr);
-          const __m512i ih = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m0f, pos, kOr);
-          al[j] = _mm512_dpbusd_epi32(al[j], _mm512_permutexvar_epi8(il, tll), ones);
-          ah[j] = _mm512_dpbusd_epi32(ah[j], _mm512_permutexvar_epi8(ih, tlh), ones);
-          al[j] = _mm512_dpbusd_epi32(al[j], c64, _mm512_permutexvar_epi8(il, thl));
-          ah[j] = _mm512_dpbusd_epi32(ah[j], c64, _mm512_permutexvar_epi8(ih, thh));
+      __m512i acc[4];
+      for (int j = 0; j < 4; ++j) acc[j] = _mm512_setzero_si512();
+      const int64_t d0 = g * G.dwords_per_group, d1 = d0 + G.dwords_per_group;
+      // Pairs of dword columns: the lane's 4 L lookups of a pair (each ≤ 63) are summed in u8 (≤ 252) and its 4 H
+      // lookups (each in [−8, 8]) in s8 (|sum| ≤ 32), exactly; then one vpdpbusd each adds Σ L · 1 and 64 · Σ H.
+      for (int64_t d = d0; d < d1; d += 2) {
+        const int64_t de = d + 2 <= d1 ? d + 2 : d1;
+        __m512i ls[4], hs[4];
+        for (int j = 0; j < 4; ++j) ls[j] = hs[j] = _mm512_setzero_si512();
+        for (int64_t e = d; e < de; ++e) {
+          const uint8_t* td = tab + e * 256;
+          const __m512i tll = _mm512_load_si512(td), thl = _mm512_load_si512(td + 64);
+          const __m512i tlh = _mm512_load_si512(td + 128), thh = _mm512_load_si512(td + 192);
+          const uint8_t* wd = wt + e * 256;
+          _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 64), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 128), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 192), _MM_HINT_T0);
+          for (int j = 0; j < 4; ++j) {
+            const __m512i v = _mm512_loadu_si512(wd + 64 * j);
+            const __m512i il = _mm512_ternarylogic_epi32(v, m0f, pos, kOr);
+            const __m512i ih = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m0f, pos, kOr);
+            ls[j] = _mm512_add_epi8(ls[j], _mm512_add_epi8(_mm512_permutexvar_epi8(il, tll), _mm512_permutexvar_epi8(ih, tlh)));
+            hs[j] = _mm512_add_epi8(hs[j], _mm512_add_epi8(_mm512_permutexvar_epi8(il, thl), _mm512_permutexvar_epi8(ih, thh)));
+          }
         }
+        for (int j = 0; j < 4; ++j) acc[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[j], ls[j], ones), c64, hs[j]);
       }
       for (int j = 0; j < 4; ++j) {
         const __m512 sc =
             _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(st + g * kTileRows + 16 * j)));
-        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(al[j], ah[j])), sc);
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), sc);
         tot[j] = _mm512_add_ps(tot[j], v);
       }
     }
