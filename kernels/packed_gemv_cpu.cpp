@@ -450,9 +450,54 @@ void check_view(const PackedMatrixView& w) {
     bad("anchor index outside [0, out*in)");
 }
 
+namespace {
+#ifdef BF_X86
+/// 8 values: clamp(round_half_even(x · s), lo, hi) as int32.
+__attribute__((target("avx2"), always_inline)) inline __m256i quant8_avx2(const float* x, __m256 sv, __m256 lo, __m256 hi) {
+  const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+}
+
+/// One row of quantize_activations_per_token with AVX2: the same max, the same scale, the same products, rounding
+/// (round-half-even, like nearbyintf in the default mode) and clamps, so the result is bit-identical.
+__attribute__((target("avx2"))) void quantize_row_avx2(const float* xr, int64_t in, float qp, int8_t* q, float* s) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 mv = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= in; c += 8) mv = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + c), absmask), mv);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mv);
+  float m = 0.f;
+  for (float v : lanes) m = std::max(m, v);
+  for (; c < in; ++c) m = std::max(m, std::fabs(xr[c]));
+  const float sc = qp / std::max(m, 1e-5f);
+  *s = sc;
+  const float qn = -qp - 1.f;
+  const __m256 sv = _mm256_set1_ps(sc), lo = _mm256_set1_ps(qn), hi = _mm256_set1_ps(qp);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  c = 0;
+  for (; c + 32 <= in; c += 32) {
+    const __m256i ab = _mm256_packs_epi32(quant8_avx2(xr + c, sv, lo, hi), quant8_avx2(xr + c + 8, sv, lo, hi)), cd = _mm256_packs_epi32(quant8_avx2(xr + c + 16, sv, lo, hi), quant8_avx2(xr + c + 24, sv, lo, hi));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order));
+  }
+  for (; c < in; ++c) {
+    float v = nearbyintf(xr[c] * sc);
+    v = std::min(std::max(v, qn), qp);
+    q[c] = static_cast<int8_t>(v);
+  }
+}
+#endif
+}  // namespace
+
 void quantize_activations_per_token(const float* x, int64_t M, int64_t in, int bits, int8_t* q, float* s) {
   if (bits != 8 && bits != 4) throw std::invalid_argument("quantize_activations_per_token: bits must be 8 or 4");
   const float qp = bits == 8 ? 127.f : 7.f, qn = -qp - 1.f;
+#ifdef BF_X86
+  if (cpu_has_avx2() && best_cpu_isa() != GemvImpl::scalar) {
+    for (int64_t r = 0; r < M; ++r) quantize_row_avx2(x + r * in, in, qp, q + r * in, s + r);
+    return;
+  }
+#endif
   for (int64_t r = 0; r < M; ++r) {
     const float* xr = x + r * in;
     float m = 0.f;

@@ -221,6 +221,40 @@ TEST(PackedGemv, A16WithinToleranceThreadsIdentical) {
   }
 }
 
+TEST(PackedGemv, ActivationQuantizationMatchesTheScalarDefinitionBitForBit) {
+  // the vectorized quantizer (AVX2 unless BITFORGE_CPU_ISA=scalar) against the definition, with exact .5 ties,
+  // zeros, tiny rows (scale from the 1e-5 floor) and lengths with vector tails
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  for (int64_t in : {1, 7, 31, 32, 33, 100, 2048, 2051}) {
+    for (int bits : {8, 4}) {
+      const int64_t M = 3;
+      std::vector<float> x(M * in);
+      for (auto& v : x) v = nd(rng);
+      for (int64_t c = 0; c < in; c += 5) x[c] = 0.f;
+      if (in >= 4) {  // row 1: values whose products with the scale land on .5 ties (max 127 · 2^-3 → s = 8)
+        for (int64_t c = 0; c < in; ++c) x[in + c] = float(int64_t(c % 255) - 127) / 16.f;
+        x[in] = 127.f / 8.f;
+      }
+      for (int64_t c = 0; c < in; ++c) x[2 * in + c] = 1e-7f * float(c % 7);  // below the 1e-5 floor
+      std::vector<int8_t> q(M * in);
+      std::vector<float> s(M);
+      bk::quantize_activations_per_token(x.data(), M, in, bits, q.data(), s.data());
+      const float qp = bits == 8 ? 127.f : 7.f;
+      for (int64_t r = 0; r < M; ++r) {
+        float m = 0.f;
+        for (int64_t c = 0; c < in; ++c) m = std::max(m, std::fabs(x[r * in + c]));
+        const float sc = qp / std::max(m, 1e-5f);
+        ASSERT_EQ(0, std::memcmp(&sc, &s[r], 4)) << "in=" << in << " r=" << r;
+        for (int64_t c = 0; c < in; ++c) {
+          const float v = std::min(std::max(nearbyintf(x[r * in + c] * sc), -qp - 1.f), qp);
+          ASSERT_EQ(int(v), int(q[r * in + c])) << "in=" << in << " bits=" << bits << " r=" << r << " c=" << c;
+        }
+      }
+    }
+  }
+}
+
 TEST(PackedGemv, DequantRowMatchesUnpackAndAnchorsAreExact) {
   auto p = make(bk::PackedQuant::binary, 9, 256, 128, true, 12, 7);
   const auto W = bk::packed_unpack_reference(p.view);
