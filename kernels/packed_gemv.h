@@ -133,9 +133,10 @@ void packed_dequant_row(const PackedMatrixView& w, int64_t r, float* out);
 ///
 /// AVX-512 tile layout (isa() == GemvImpl::avx512; chosen by the constructor when the CPU has cpu_has_avx512(), the
 /// BITFORGE_CPU_ISA cap allows it and binary group_size % 32 == 0 / ternary group_size % 16 == 0): rows in tiles of
-/// 64 (the last padded with zero bytes), a tile = 4 sub-blocks of 16 rows; for dword column d (packed bytes
-/// 4d..4d+3 of a row), sub-block j holds 64 bytes: row i's 4 bytes at offset 4i — so one zmm register holds 16 rows ×
-/// 4 bytes, and each 32-bit lane belongs to one row. Scales fp16 [tile][group][64 rows].
+/// 64, a tile = 4 sub-blocks of 16 rows (the last tile only the ns ≤ 4 it needs, its last rows padded with zero
+/// bytes); for dword column d (packed bytes 4d..4d+3 of a row), sub-block j holds 64 bytes: row i's 4 bytes at offset
+/// 4i — so one zmm register holds 16 rows × 4 bytes, and each 32-bit lane belongs to one row. Tile t starts at
+/// t · row_bytes · 64 and stores [d][sub < ns][16][4]; scales fp16 [tile][group][16 · ns rows].
 ///   A8 (AVX-512 VNNI + VBMI): per activation row and dword column, the 8 tables T_j (j = 8d..8d+7) are split exactly
 ///       as T = L + 64·H, L = T & 63 ∈ [0, 63] (u8), H = T >> 6 ∈ [−8, 7] (s8) (|T| ≤ 4·128), and stored as four
 ///       64-byte tables (low/high nibble × L/H) indexed by (byte position in the lane << 4) | nibble; one `vpermb`
@@ -184,8 +185,8 @@ class RepackedMatrix {
   PackedQuant quant_ = PackedQuant::binary;
   GemvImpl isa_ = GemvImpl::scalar;
   int64_t out_ = 0, in_ = 0, group_size_ = 0, n_groups_ = 0, blocks_ = 0, row_bytes_ = 0;
-  std::vector<uint8_t> codes_;     // [blocks][row_bytes][32], or avx512: [tiles][row_bytes/4][4][16][4]
-  std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits, or avx512: [tiles][n_groups][64]
+  std::vector<uint8_t> codes_;     // [blocks][row_bytes][32], or avx512: [tiles][row_bytes/4][ns][16][4]
+  std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits, or avx512: [tiles][n_groups][16 ns]
   std::vector<int64_t> anchor_index_;
   std::vector<float> anchor_delta_;
 };

@@ -133,37 +133,45 @@ void tables_f32_avx512(bool binary, const float* x, int64_t in, float* tab) {
   }
 }
 
-void tiles_i8_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const uint8_t* tab, float s, float* y) {
+namespace {
+/// Sub-blocks (of 16 rows) of tile t: 4, or fewer in the last tile.
+inline int subs_of(const TileGeometry& G, int64_t t) {
+  const int64_t rest = (G.out - t * kTileRows + 15) / 16;
+  return rest >= 4 ? 4 : static_cast<int>(rest);
+}
+
+template <int NS>
+void tile_i8(const TileGeometry& G, int64_t t, const uint8_t* tab, float s, float* y) {
   const __m512i m0f = _mm512_set1_epi8(0x0f);
   const __m512i pos = _mm512_set1_epi32(0x30201000);  // byte b of a lane indexes table entries 16·b + nibble
   const __m512i ones = _mm512_set1_epi8(1), c64 = _mm512_set1_epi8(64);
   const __m512 sv = _mm512_set1_ps(s);
   constexpr int kOr = 0xEA;  // ternary logic (A & B) | C
-  for (int64_t t = t0; t < t1; ++t) {
+  {
     const uint8_t* wt = G.codes + t * G.dwords * 256;
     const uint16_t* st = G.scales + t * G.n_groups * kTileRows;
-    __m512 tot[4];
-    for (int j = 0; j < 4; ++j) tot[j] = _mm512_setzero_ps();
+    __m512 tot[NS];
+    for (int j = 0; j < NS; ++j) tot[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G.n_groups; ++g) {
-      __m512i acc[4];
-      for (int j = 0; j < 4; ++j) acc[j] = _mm512_setzero_si512();
+      __m512i acc[NS];
+      for (int j = 0; j < NS; ++j) acc[j] = _mm512_setzero_si512();
       const int64_t d0 = g * G.dwords_per_group, d1 = d0 + G.dwords_per_group;
       // Pairs of dword columns: the lane's 4 L lookups of a pair (each ≤ 63) are summed in u8 (≤ 252) and its 4 H
       // lookups (each in [−8, 8]) in s8 (|sum| ≤ 32), exactly; then one vpdpbusd each adds Σ L · 1 and 64 · Σ H.
       for (int64_t d = d0; d < d1; d += 2) {
         const int64_t de = d + 2 <= d1 ? d + 2 : d1;
-        __m512i ls[4], hs[4];
-        for (int j = 0; j < 4; ++j) ls[j] = hs[j] = _mm512_setzero_si512();
+        __m512i ls[NS], hs[NS];
+        for (int j = 0; j < NS; ++j) ls[j] = hs[j] = _mm512_setzero_si512();
         for (int64_t e = d; e < de; ++e) {
           const uint8_t* td = tab + e * 256;
           const __m512i tll = _mm512_load_si512(td), thl = _mm512_load_si512(td + 64);
           const __m512i tlh = _mm512_load_si512(td + 128), thh = _mm512_load_si512(td + 192);
-          const uint8_t* wd = wt + e * 256;
+          const uint8_t* wd = wt + e * (64 * NS);
           _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 64), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 128), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 192), _MM_HINT_T0);
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < NS; ++j) {
             const __m512i v = _mm512_loadu_si512(wd + 64 * j);
             const __m512i il = _mm512_ternarylogic_epi32(v, m0f, pos, kOr);
             const __m512i ih = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m0f, pos, kOr);
@@ -171,41 +179,55 @@ void tiles_i8_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const uint8_
             hs[j] = _mm512_add_epi8(hs[j], _mm512_add_epi8(_mm512_permutexvar_epi8(il, thl), _mm512_permutexvar_epi8(ih, thh)));
           }
         }
-        for (int j = 0; j < 4; ++j) acc[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[j], ls[j], ones), c64, hs[j]);
+        for (int j = 0; j < NS; ++j) acc[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[j], ls[j], ones), c64, hs[j]);
       }
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < NS; ++j) {
         const __m512 sc =
-            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(st + g * kTileRows + 16 * j)));
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(st + g * (16 * NS) + 16 * j)));
         const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), sc);
         tot[j] = _mm512_add_ps(tot[j], v);
       }
     }
-    for (int j = 0; j < 4; ++j) store_rows(y, t * kTileRows + 16 * j, G.out, _mm512_div_ps(tot[j], sv));
+    for (int j = 0; j < NS; ++j) store_rows(y, t * kTileRows + 16 * j, G.out, _mm512_div_ps(tot[j], sv));
+  }
+}
+}  // namespace
+
+void tiles_i8_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const uint8_t* tab, float s, float* y) {
+  for (int64_t t = t0; t < t1; ++t) {
+    switch (subs_of(G, t)) {
+      case 4: tile_i8<4>(G, t, tab, s, y); break;
+      case 3: tile_i8<3>(G, t, tab, s, y); break;
+      case 2: tile_i8<2>(G, t, tab, s, y); break;
+      default: tile_i8<1>(G, t, tab, s, y); break;
+    }
   }
 }
 
-void tiles_f32_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const float* tab, float* y) {
-  for (int64_t t = t0; t < t1; ++t) {
+namespace {
+template <int NS>
+void tile_f32(const TileGeometry& G, int64_t t, const float* tab, float* y) {
+  {
     const uint8_t* wt = G.codes + t * G.dwords * 256;
     const uint16_t* st = G.scales + t * G.n_groups * kTileRows;
-    __m512 tot[4];
-    for (int j = 0; j < 4; ++j) tot[j] = _mm512_setzero_ps();
+    __m512 tot[NS];
+    for (int j = 0; j < NS; ++j) tot[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G.n_groups; ++g) {
-      __m512 ea[4], oa[4];  // even / odd index groups, each summed in index order
-      for (int j = 0; j < 4; ++j) ea[j] = oa[j] = _mm512_setzero_ps();
+      __m512 ea[NS], oa[NS];  // even / odd index groups, each summed in index order
+      for (int j = 0; j < NS; ++j) ea[j] = oa[j] = _mm512_setzero_ps();
       const int64_t d1 = (g + 1) * G.dwords_per_group;
       for (int64_t d = g * G.dwords_per_group; d < d1; ++d) {
-        const uint8_t* wd = wt + d * 256;
+        const uint8_t* wd = wt + d * (64 * NS);
         _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 64), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 128), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(wd + kPrefetch + 192), _MM_HINT_T0);
-        __m512i v[4];
-        for (int j = 0; j < 4; ++j) v[j] = _mm512_loadu_si512(wd + 64 * j);
+        __m512i v[NS];
+        for (int j = 0; j < NS; ++j) v[j] = _mm512_loadu_si512(wd + 64 * j);
         const float* td = tab + d * 128;  // index groups 8d .. 8d + 7
         for (int tt = 0; tt < 8; tt += 2) {
           const __m512 te = _mm512_loadu_ps(td + 16 * tt), to = _mm512_loadu_ps(td + 16 * tt + 16);
-          for (int j = 0; j < 4; ++j) {  // vpermps reads the low 4 bits of each lane: nibble tt, then tt + 1
+          for (int j = 0; j < NS; ++j) {  // vpermps reads the low 4 bits of each lane: nibble tt, then tt + 1
             ea[j] = _mm512_add_ps(ea[j], _mm512_permutexvar_ps(v[j], te));
             v[j] = _mm512_srli_epi32(v[j], 4);
             oa[j] = _mm512_add_ps(oa[j], _mm512_permutexvar_ps(v[j], to));
@@ -213,13 +235,25 @@ void tiles_f32_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const float
           }
         }
       }
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < NS; ++j) {
         const __m512 sc =
-            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(st + g * kTileRows + 16 * j)));
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(st + g * (16 * NS) + 16 * j)));
         tot[j] = _mm512_add_ps(tot[j], _mm512_mul_ps(sc, _mm512_add_ps(ea[j], oa[j])));
       }
     }
-    for (int j = 0; j < 4; ++j) store_rows(y, t * kTileRows + 16 * j, G.out, tot[j]);
+    for (int j = 0; j < NS; ++j) store_rows(y, t * kTileRows + 16 * j, G.out, tot[j]);
+  }
+}
+}  // namespace
+
+void tiles_f32_avx512(const TileGeometry& G, int64_t t0, int64_t t1, const float* tab, float* y) {
+  for (int64_t t = t0; t < t1; ++t) {
+    switch (subs_of(G, t)) {
+      case 4: tile_f32<4>(G, t, tab, y); break;
+      case 3: tile_f32<3>(G, t, tab, y); break;
+      case 2: tile_f32<2>(G, t, tab, y); break;
+      default: tile_f32<1>(G, t, tab, y); break;
+    }
   }
 }
 

@@ -14,8 +14,8 @@ constexpr int64_t kTileRows = 64;  ///< rows per tile (4 sub-blocks of 16 rows, 
 
 struct TileGeometry {
   int64_t out, dwords, n_groups, dwords_per_group;  ///< dwords = row_bytes / 4
-  const uint8_t* codes;                              ///< [tiles][dwords][4][16][4]
-  const uint16_t* scales;                            ///< fp16 [tiles][n_groups][64]
+  const uint8_t* codes;                              ///< tile t at t · dwords · 256: [dwords][ns][16][4]
+  const uint16_t* scales;                            ///< fp16, tile t at t · n_groups · 64: [n_groups][16 ns]
 };
 
 /// A8 tables of one activation row q [in] (in % 32 == 0 binary, % 16 ternary): dwords · 256 bytes at tab.

@@ -382,15 +382,19 @@ RepackedMatrix::RepackedMatrix(const PackedMatrixView& w, GemvImpl isa) {
   const bool tiles = isa_ == GemvImpl::avx512;
   const int64_t rows = tiles ? detail::kTileRows : kRows;
   blocks_ = (out_ + rows - 1) / rows;
-  codes_.assign(static_cast<size_t>(blocks_ * row_bytes_ * rows), 0);
-  scales_.assign(static_cast<size_t>(blocks_ * n_groups_ * rows), 0);
+  // tiles: the last one holds only the 16-row sub-blocks it needs
+  const int64_t padded = tiles ? (out_ + 15) / 16 * 16 : blocks_ * rows;
+  codes_.assign(static_cast<size_t>(padded * row_bytes_), 0);
+  scales_.assign(static_cast<size_t>(padded * n_groups_), 0);
   for (int64_t r = 0; r < out_; ++r) {
     const int64_t b = r / rows, i = r % rows;
+    const int64_t ns = std::min<int64_t>(4, (out_ - b * rows + 15) / 16);  // tiles: sub-blocks in tile b
     const uint8_t* row = w.codes + r * row_bytes_;
-    // 32-row blocks: byte k of row i at [b][k][i]; tiles: byte k = 4d + e of row i = 16·sub + l at [b][d][sub][l][e]
+    // 32-row blocks: byte k of row i at [b][k][i]; tiles: byte k = 4d + e of row i = 16·sub + l at
+    // [b][d][sub < ns][l][e] (tile b starts at b · row_bytes · 64)
     auto dst_of = [&](int64_t k) -> uint8_t& {
       if (!tiles) return codes_[(b * row_bytes_ + k) * kRows + i];
-      return codes_[((b * (row_bytes_ / 4) + k / 4) * 4 + i / 16) * 64 + (i % 16) * 4 + k % 4];
+      return codes_[b * row_bytes_ * rows + ((k / 4) * ns + i / 16) * 64 + (i % 16) * 4 + k % 4];
     };
     for (int64_t k = 0; k < row_bytes_; ++k) {
       const uint8_t byte = row[k];
@@ -402,7 +406,8 @@ RepackedMatrix::RepackedMatrix(const PackedMatrixView& w, GemvImpl isa) {
       dst_of(k) = byte;
     }
     const uint16_t* s = w.scales + (w.scale_rows == 1 ? 0 : r) * n_groups_;
-    for (int64_t g = 0; g < n_groups_; ++g) scales_[(b * n_groups_ + g) * rows + i] = s[g];
+    for (int64_t g = 0; g < n_groups_; ++g)
+      scales_[tiles ? b * n_groups_ * rows + g * ns * 16 + i : (b * n_groups_ + g) * rows + i] = s[g];
   }
   anchor_index_.assign(w.anchor_index, w.anchor_index + w.n_anchors);
   anchor_delta_.resize(static_cast<size_t>(w.n_anchors));
