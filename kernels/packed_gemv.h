@@ -42,6 +42,7 @@
 // Errors: std::invalid_argument for inconsistent views (sizes, null pointers, M < 1).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -156,6 +157,28 @@ void packed_dequant_row(const PackedMatrixView& w, int64_t r, float* out);
 /// threads, each building its own tables. Results do not depend on the split. threads <= 0: at::get_num_threads().
 /// Errors: std::invalid_argument from the constructor for an inconsistent view, an unsupported group size or a
 /// ternary code 3 (naming row and column); from gemv_* for M < 1 / null pointers / AVX2 requested but unavailable.
+namespace detail {
+/// Allocator for the repacked weights: buffers of 2 MiB or more are 2 MiB-aligned and their whole 2 MiB pages marked
+/// MADV_HUGEPAGE (Linux transparent huge pages in "madvise" mode; nothing is rounded up), so that streaming the
+/// weights from DRAM takes fewer TLB misses and page boundaries; BITFORGE_NO_HUGEPAGES=1 turns the hint off.
+/// 64-byte aligned memory otherwise.
+template <class T>
+struct WeightAllocator {
+  using value_type = T;
+  WeightAllocator() = default;
+  template <class U>
+  WeightAllocator(const WeightAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(allocate_weight_bytes(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) { free_weight_bytes(p); }
+  template <class U>
+  bool operator==(const WeightAllocator<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const WeightAllocator<U>&) const { return false; }
+  static void* allocate_weight_bytes(std::size_t bytes);
+  static void free_weight_bytes(void* p);
+};
+}  // namespace detail
+
 class RepackedMatrix {
  public:
   /// True when the view's layout can be repacked (see Requirements).
@@ -185,7 +208,7 @@ class RepackedMatrix {
   PackedQuant quant_ = PackedQuant::binary;
   GemvImpl isa_ = GemvImpl::scalar;
   int64_t out_ = 0, in_ = 0, group_size_ = 0, n_groups_ = 0, blocks_ = 0, row_bytes_ = 0;
-  std::vector<uint8_t> codes_;     // [blocks][row_bytes][32], or avx512: [tiles][row_bytes/4][ns][16][4]
+  std::vector<uint8_t, detail::WeightAllocator<uint8_t>> codes_;  // [blocks][row_bytes][32], or avx512: [tiles][row_bytes/4][ns][16][4]
   std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits, or avx512: [tiles][n_groups][16 ns]
   std::vector<int64_t> anchor_index_;
   std::vector<float> anchor_delta_;

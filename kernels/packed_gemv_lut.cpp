@@ -8,12 +8,18 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "kernels/packed_gemv.h"
 #include "kernels/packed_gemv_internal.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -343,6 +349,25 @@ T* scratch(size_t n) {
 }
 
 }  // namespace
+
+template <class T>
+void* detail::WeightAllocator<T>::allocate_weight_bytes(std::size_t bytes) {
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  const bool huge = bytes >= kHuge && !std::getenv("BITFORGE_NO_HUGEPAGES");
+  const std::size_t align = huge ? kHuge : 64;
+  void* p = nullptr;
+  if (posix_memalign(&p, align, bytes ? bytes : 1) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  // the whole 2 MiB pages only (a hint: failure is harmless); the tail stays on small pages, nothing is rounded up
+  if (huge) madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+template <class T>
+void detail::WeightAllocator<T>::free_weight_bytes(void* p) {
+  std::free(p);
+}
+template struct detail::WeightAllocator<uint8_t>;
 
 bool RepackedMatrix::supports(const PackedMatrixView& w) {
   if (w.out < 1 || w.in < 1 || w.group_size < 1 || w.in % w.group_size != 0) return false;
