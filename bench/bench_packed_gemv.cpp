@@ -19,7 +19,12 @@
 // matrix, and the median / min / max of the per-round ratios — steadier than one pair of medians on a machine whose
 // speed drifts.
 //
+// --cpu-time times the kernels by the process's CPU time instead of wall time: on a machine shared with other jobs
+// (time-sliced) it removes the time this process was not running; with N threads it sums the threads' times, so use
+// it with --threads 1 only. Idle-machine results are wall time (the default).
+//
 //   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] [--rounds R]
+//                            [--cpu-time]
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -27,6 +32,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <random>
@@ -52,15 +58,26 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+bool g_cpu_time = false;  // --cpu-time: process CPU time instead of wall time
+
+double now_us() {
+  if (g_cpu_time) {
+    timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
+  }
+  return std::chrono::duration<double, std::micro>(Clock::now().time_since_epoch()).count();
+}
+
 /// Median time per call of f() in µs (f runs `per_call` GEMVs; the result is divided by it).
 double median_us(const std::function<void()>& f, double min_ms, int per_call = 1) {
   f();  // warm-up
   std::vector<double> t;
   const auto start = Clock::now();
   while (t.size() < 5 || (std::chrono::duration<double, std::milli>(Clock::now() - start).count() < min_ms && t.size() < 2000)) {
-    const auto a = Clock::now();
+    const double a = now_us();
     f();
-    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count() / per_call);
+    t.push_back((now_us() - a) / per_call);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -135,7 +152,7 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
     std::vector<uint64_t> part(static_cast<size_t>(threads), 0);
-    const auto t0 = Clock::now();
+    const double t0 = now_us();
     at::parallel_for(0, threads, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t a = (n * c / threads) & ~int64_t(15), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(15);
@@ -146,7 +163,7 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
 #endif
       }
     });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double s = (now_us() - t0) * 1e-6;
     uint64_t total = 0;
     for (auto v : part) total += v;
     if (total == 42) std::printf(" ");  // keep the sum alive
@@ -234,10 +251,11 @@ int main(int argc, char** argv) {
     else if (a == "--bw-mib" && i + 1 < argc) bw_mib = std::atoll(argv[++i]);
     else if (a == "--cold-mib" && i + 1 < argc) cold_mib = std::atoll(argv[++i]);
     else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
+    else if (a == "--cpu-time") g_cpu_time = true;
     else {
       std::fprintf(stderr,
                    "usage: %s [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] "
-                   "[--rounds R]\n",
+                   "[--rounds R] [--cpu-time]\n",
                    argv[0]);
       return 2;
     }
@@ -257,6 +275,7 @@ int main(int argc, char** argv) {
                            ? "avx512 tiles"
                            : (bk::best_cpu_isa() == bk::GemvImpl::scalar ? "scalar" : "avx2 32-row blocks");
               }());
+  if (g_cpu_time) std::printf("timing: process CPU time (--cpu-time), not wall time\n");
   std::printf("threads %d, AVX2 %s, llama.cpp baseline %s\n", threads, bk::cpu_has_avx2() ? "yes" : "no",
 #ifdef BITFORGE_WITH_GGML
               "yes (ggml CPU backend, " BITFORGE_GGML_DIR ")"
@@ -271,9 +290,9 @@ int main(int argc, char** argv) {
     auto W = torch::rand({out, in});
     auto xv = torch::rand({in});
     for (int rep = 0; rep < 5; ++rep) {
-      const auto t0 = Clock::now();
+      const double t0 = now_us();
       auto r = at::mv(W, xv);
-      bw_mv = std::max(bw_mv, double(out * in * 4) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9);
+      bw_mv = std::max(bw_mv, double(out * in * 4) / ((now_us() - t0) * 1e-6) / 1e9);
     }
   }
   const double bw = std::max(bw_sum, bw_mv);
