@@ -13,7 +13,8 @@
 // every GEMV reads its weights from DRAM, as decoding a real model does; "warm" repeats one matrix (cache-resident
 // when it fits). GB/s = packed bytes (codes + fp16 scales; Q1_0 / TQ2_0 block bytes for llama.cpp) per GEMV / cold
 // time; %bw = that / this machine's read bandwidth, measured here with the same threads as the larger of an AVX2
-// streaming sum and MKL's fp32 at::mv over --bw-mib MiB (the best of 5 passes each).
+// streaming sum (with the kernels' software prefetch: L1 1 KiB and L2 8 KiB ahead) and MKL's fp32 at::mv over
+// --bw-mib MiB (the best of 5 passes each).
 //
 // --rounds R (with llama.cpp) adds a summary: bitforge LUT A8 and llama.cpp cold, measured alternately R times per
 // matrix, and the median / min / max of the per-round ratios — steadier than one pair of medians on a machine whose
@@ -114,16 +115,20 @@ Packed make(bk::PackedQuant q, int64_t out, int64_t in, uint32_t seed) {
 
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, int64_t n) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  __m256i a[8];
+  for (auto& v : a) v = _mm256_setzero_si256();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
-    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
-    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  for (; i + 32 <= n; i += 32) {  // 256 bytes per step, prefetched like the kernels (L1 1 KiB, L2 8 KiB ahead)
+    const char* c = reinterpret_cast<const char*>(p + i);
+    for (int l = 0; l < 4; ++l) {
+      _mm_prefetch(c + 1024 + 64 * l, _MM_HINT_T0);
+      _mm_prefetch(c + 8192 + 64 * l, _MM_HINT_T1);
+    }
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_add_epi64(a[k], _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4 * k)));
   }
+  for (int k = 1; k < 8; ++k) a[0] = _mm256_add_epi64(a[0], a[k]);
   alignas(32) uint64_t l[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(l), _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(l), a[0]);
   uint64_t s = l[0] + l[1] + l[2] + l[3];
   for (; i < n; ++i) s += p[i];
   return s;
@@ -155,7 +160,7 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
     const double t0 = now_us();
     at::parallel_for(0, threads, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        const int64_t a = (n * c / threads) & ~int64_t(15), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(15);
+        const int64_t a = (n * c / threads) & ~int64_t(31), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(31);
 #if defined(__x86_64__)
         part[c] = bk::cpu_has_avx2() ? sum_avx2(buf.get() + a, b - a) : sum_plain(buf.get() + a, b - a);
 #else
