@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "runtime/packed_runtime.h"
+#include "kernels/packed_gemv.h"
 
 namespace rt = bitforge::runtime;
 
@@ -51,6 +52,8 @@ int main(int argc, char** argv) {
                  static_cast<long long>(cfg.max_position_embeddings));
     return 2;
   }
+  std::printf("CPU features: %s; packed kernel path: %s\n", bitforge::kernels::cpu_features().c_str(),
+              bitforge::kernels::isa_name(bitforge::kernels::best_cpu_isa()));
   std::mt19937 rng(42);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(cfg.vocab_size - 1));
   std::printf("model %s: %s, hidden %lld, %lld layers, vocab %lld, %lld packed projections, resident weights %lld B\n",

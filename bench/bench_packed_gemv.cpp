@@ -13,13 +13,19 @@
 // every GEMV reads its weights from DRAM, as decoding a real model does; "warm" repeats one matrix (cache-resident
 // when it fits). GB/s = packed bytes (codes + fp16 scales; Q1_0 / TQ2_0 block bytes for llama.cpp) per GEMV / cold
 // time; %bw = that / this machine's read bandwidth, measured here with the same threads as the larger of an AVX2
-// streaming sum and MKL's fp32 at::mv over --bw-mib MiB (the best of 5 passes each).
+// streaming sum (with the kernels' software prefetch: L1 1 KiB and L2 8 KiB ahead) and MKL's fp32 at::mv over
+// --bw-mib MiB (the best of 5 passes each).
 //
 // --rounds R (with llama.cpp) adds a summary: bitforge LUT A8 and llama.cpp cold, measured alternately R times per
 // matrix, and the median / min / max of the per-round ratios — steadier than one pair of medians on a machine whose
 // speed drifts.
 //
+// --cpu-time times the kernels by the process's CPU time instead of wall time: on a machine shared with other jobs
+// (time-sliced) it removes the time this process was not running; with N threads it sums the threads' times, so use
+// it with --threads 1 only. Idle-machine results are wall time (the default).
+//
 //   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] [--rounds R]
+//                            [--cpu-time]
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -27,6 +33,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <random>
@@ -52,15 +59,26 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+bool g_cpu_time = false;  // --cpu-time: process CPU time instead of wall time
+
+double now_us() {
+  if (g_cpu_time) {
+    timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
+  }
+  return std::chrono::duration<double, std::micro>(Clock::now().time_since_epoch()).count();
+}
+
 /// Median time per call of f() in µs (f runs `per_call` GEMVs; the result is divided by it).
 double median_us(const std::function<void()>& f, double min_ms, int per_call = 1) {
   f();  // warm-up
   std::vector<double> t;
   const auto start = Clock::now();
   while (t.size() < 5 || (std::chrono::duration<double, std::milli>(Clock::now() - start).count() < min_ms && t.size() < 2000)) {
-    const auto a = Clock::now();
+    const double a = now_us();
     f();
-    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count() / per_call);
+    t.push_back((now_us() - a) / per_call);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -97,16 +115,20 @@ Packed make(bitforge::WeightQuantizer q, int64_t out, int64_t in, uint32_t seed)
 
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, int64_t n) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  __m256i a[8];
+  for (auto& v : a) v = _mm256_setzero_si256();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
-    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
-    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  for (; i + 32 <= n; i += 32) {  // 256 bytes per step, prefetched like the kernels (L1 1 KiB, L2 8 KiB ahead)
+    const char* c = reinterpret_cast<const char*>(p + i);
+    for (int l = 0; l < 4; ++l) {
+      _mm_prefetch(c + 1024 + 64 * l, _MM_HINT_T0);
+      _mm_prefetch(c + 8192 + 64 * l, _MM_HINT_T1);
+    }
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_add_epi64(a[k], _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4 * k)));
   }
+  for (int k = 1; k < 8; ++k) a[0] = _mm256_add_epi64(a[0], a[k]);
   alignas(32) uint64_t l[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(l), _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(l), a[0]);
   uint64_t s = l[0] + l[1] + l[2] + l[3];
   for (; i < n; ++i) s += p[i];
   return s;
@@ -135,10 +157,10 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
     std::vector<uint64_t> part(static_cast<size_t>(threads), 0);
-    const auto t0 = Clock::now();
+    const double t0 = now_us();
     at::parallel_for(0, threads, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        const int64_t a = (n * c / threads) & ~int64_t(15), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(15);
+        const int64_t a = (n * c / threads) & ~int64_t(31), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(31);
 #if defined(__x86_64__)
         part[c] = bk::cpu_has_avx2() ? sum_avx2(buf.get() + a, b - a) : sum_plain(buf.get() + a, b - a);
 #else
@@ -146,7 +168,7 @@ double read_bandwidth_gbs(int64_t mib, int threads) {
 #endif
       }
     });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double s = (now_us() - t0) * 1e-6;
     uint64_t total = 0;
     for (auto v : part) total += v;
     if (total == 42) std::printf(" ");  // keep the sum alive
@@ -234,10 +256,11 @@ int main(int argc, char** argv) {
     else if (a == "--bw-mib" && i + 1 < argc) bw_mib = std::atoll(argv[++i]);
     else if (a == "--cold-mib" && i + 1 < argc) cold_mib = std::atoll(argv[++i]);
     else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
+    else if (a == "--cpu-time") g_cpu_time = true;
     else {
       std::fprintf(stderr,
                    "usage: %s [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] "
-                   "[--rounds R]\n",
+                   "[--rounds R] [--cpu-time]\n",
                    argv[0]);
       return 2;
     }
@@ -246,6 +269,18 @@ int main(int argc, char** argv) {
   std::string cmd;
   for (int i = 0; i < argc; ++i) cmd += std::string(i ? " " : "") + argv[i];
   std::printf("reproduce: cmake --build <build dir> --target bench_packed_gemv && %s\n", cmd.c_str());
+  std::printf("CPU features: %s\nkernel path: %s (RepackedMatrix on 8B shapes: %s; BITFORGE_CPU_ISA=avx2|scalar forces a "
+              "fallback)\n",
+              bk::cpu_features().c_str(), bk::isa_name(bk::best_cpu_isa()), [] {
+                bk::PackedMatrixView v;
+                v.out = 64;
+                v.in = 4096;
+                v.group_size = 128;
+                return bk::RepackedMatrix::supports_avx512_layout(v) && bk::best_cpu_isa() == bk::GemvImpl::avx512
+                           ? "avx512 tiles"
+                           : (bk::best_cpu_isa() == bk::GemvImpl::scalar ? "scalar" : "avx2 32-row blocks");
+              }());
+  if (g_cpu_time) std::printf("timing: process CPU time (--cpu-time), not wall time\n");
   std::printf("threads %d, AVX2 %s, llama.cpp baseline %s\n", threads, bk::cpu_has_avx2() ? "yes" : "no",
 #ifdef BITFORGE_WITH_GGML
               "yes (ggml CPU backend, " BITFORGE_GGML_DIR ")"
@@ -260,9 +295,9 @@ int main(int argc, char** argv) {
     auto W = torch::rand({out, in});
     auto xv = torch::rand({in});
     for (int rep = 0; rep < 5; ++rep) {
-      const auto t0 = Clock::now();
+      const double t0 = now_us();
       auto r = at::mv(W, xv);
-      bw_mv = std::max(bw_mv, double(out * in * 4) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9);
+      bw_mv = std::max(bw_mv, double(out * in * 4) / ((now_us() - t0) * 1e-6) / 1e9);
     }
   }
   const double bw = std::max(bw_sum, bw_mv);
@@ -306,13 +341,24 @@ int main(int argc, char** argv) {
       };
       std::vector<Row> rows;
       auto a8_cold = [&] { for (auto& r : R) r->gemv_i8(q.data(), &s, 1, y.data(), threads); };
-      {  // bitforge LUT A8 / A16, row-wise A8
+      {  // bitforge LUT A8 / A16 on the best path (named), and the AVX2 layout next to it when AVX-512 ran
+        const std::string isa = bk::isa_name(R[0]->isa());
         const double a8c = median_us(a8_cold, min_ms, copies);
         const double a8w = median_us([&] { R[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
-        rows.push_back({"bitforge LUT A8", a8c, a8w, bytes, maxdiff(y.data())});
+        rows.push_back({"LUT A8 " + isa, a8c, a8w, bytes, maxdiff(y.data())});
         const double a16c = median_us([&] { for (auto& r : R) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
         const double a16w = median_us([&] { R[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
-        rows.push_back({"bitforge LUT A16", a16c, a16w, bytes, maxdiff(y.data())});
+        rows.push_back({"LUT A16 " + isa, a16c, a16w, bytes, maxdiff(y.data())});
+        if (R[0]->isa() == bk::GemvImpl::avx512) {
+          std::vector<std::unique_ptr<bk::RepackedMatrix>> R2;
+          for (int c = 0; c < copies; ++c) R2.push_back(std::make_unique<bk::RepackedMatrix>(p.v, bk::GemvImpl::avx2));
+          const double c8 = median_us([&] { for (auto& r : R2) r->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
+          const double w8 = median_us([&] { R2[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
+          rows.push_back({"LUT A8 avx2", c8, w8, bytes, maxdiff(y.data())});
+          const double c16 = median_us([&] { for (auto& r : R2) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
+          const double w16 = median_us([&] { R2[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
+          rows.push_back({"LUT A16 avx2", c16, w16, bytes, maxdiff(y.data())});
+        }
         std::vector<Packed> views(copies, p);  // row-wise layout copies
         for (auto& v : views) {
           v.v.codes = v.codes.data();

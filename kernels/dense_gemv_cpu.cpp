@@ -149,7 +149,8 @@ void gemv(const T* W, int64_t out, int64_t in, const float* x, int64_t M, const 
     throw std::invalid_argument("dense_gemv: sizes must be positive and W, x, y non-null");
   if (impl == GemvImpl::avx2 && !cpu_has_avx2())
     throw std::invalid_argument("dense_gemv: AVX2 path requested but the CPU lacks AVX2/FMA");
-  const bool avx = impl != GemvImpl::scalar && cpu_has_avx2();
+  const bool avx = impl != GemvImpl::scalar && cpu_has_avx2() &&
+                   !(impl == GemvImpl::automatic && best_cpu_isa() == GemvImpl::scalar);  // BITFORGE_CPU_ISA cap
   // Tiles of rows small enough to stay in L1/L2 while every row of x streams past them (a GEMM for M > 1).
   const int64_t tile = std::max<int64_t>(8, (int64_t(32) << 10) / (in * int64_t(sizeof(T))));
   detail::for_chunks(out, threads, [&](int64_t r0, int64_t r1) {

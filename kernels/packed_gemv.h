@@ -31,18 +31,28 @@
 // any thread count gives bit-identical results. threads <= 0 means at::get_num_threads().
 // Implementations: GemvImpl::automatic picks AVX2+FMA+F16C when the CPU has them (__builtin_cpu_supports) and the
 // layout allows (binary: group_size % 8 == 0 or a single group; ternary: group_size % 4 == 0 or one group;
-// A8 additionally needs group_size % 32 == 0 or one group), else the scalar loop.
+// A8 additionally needs group_size % 32 == 0 or one group), else the scalar loop. These row-wise kernels have no
+// AVX-512 variant (the runtime uses RepackedMatrix below; GemvImpl::avx512 is rejected here, and an automatic
+// choice capped by BITFORGE_CPU_ISA=scalar takes the scalar loop).
+//
+// CPU dispatch (every kernel here): the best path the running CPU supports (__builtin_cpu_supports), capped by the
+// environment variable BITFORGE_CPU_ISA = avx512 | avx2 | scalar (read once per process; unset or "auto" = no cap),
+// so the AVX2 and scalar paths stay testable and measurable on an AVX-512 host. best_cpu_isa() says what
+// GemvImpl::automatic resolves to; cpu_features() lists what the CPU reported.
 // Errors: std::invalid_argument for inconsistent views (sizes, null pointers, M < 1).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/quant_types.h"
 
 namespace bitforge::kernels {
 
-enum class GemvImpl { automatic, scalar, avx2 };
+/// Kernel paths. avx512 = AVX-512F/BW/VL + VNNI + VBMI (+ F16C): the RepackedMatrix tile kernels.
+enum class GemvImpl { automatic, scalar, avx2, avx512 };
 
 struct PackedMatrixView {
   WeightQuantizer quant = WeightQuantizer::binary;
@@ -66,6 +76,16 @@ void check_view(const PackedMatrixView& w);
 
 /// True when the running CPU has AVX2, FMA and F16C.
 bool cpu_has_avx2();
+/// True when the running CPU has everything the AVX-512 kernels use: AVX2/FMA/F16C and AVX-512 F, BW, VL, VNNI and
+/// VBMI (vpdpbusd, vpermb). Not capped by BITFORGE_CPU_ISA.
+bool cpu_has_avx512();
+/// What GemvImpl::automatic resolves to on this CPU: avx512, avx2 or scalar, capped by BITFORGE_CPU_ISA.
+GemvImpl best_cpu_isa();
+/// "scalar", "avx2", "avx512" (and "automatic").
+const char* isa_name(GemvImpl isa);
+/// The x86 features the CPU reports that matter here, e.g. "avx2 fma f16c avx512f avx512bw avx512vl avx512vnni
+/// avx512vbmi avx512vpopcntdq", followed by the BITFORGE_CPU_ISA cap when one is set.
+std::string cpu_features();
 
 /// How many distinct OS threads a `threads`-way split of the kernels' work really runs on (the same
 /// detail::for_chunks / at::parallel_for path every kernel here uses): min(threads, at::get_num_threads()) when the
@@ -112,16 +132,64 @@ void packed_dequant_row(const PackedMatrixView& w, int64_t r, float* out);
 ///       (product, then sum, never fused), then anchors. Against the exact (double) product the error is fp32
 ///       rounding: |y − y_ref| ≤ 1e-5 · Σ_c |W_eff[r,c] · x_c| (tests check it).
 /// Requirements (supports()): binary group_size % 8 == 0, ternary group_size % 4 == 0; ternary codes ≤ 2.
+///
+/// AVX-512 tile layout (isa() == GemvImpl::avx512; chosen by the constructor when the CPU has cpu_has_avx512(), the
+/// BITFORGE_CPU_ISA cap allows it and binary group_size % 32 == 0 / ternary group_size % 16 == 0): rows in tiles of
+/// 64, a tile = 4 sub-blocks of 16 rows (the last tile only the ns ≤ 4 it needs, its last rows padded with zero
+/// bytes); for dword column d (packed bytes 4d..4d+3 of a row), sub-block j holds 64 bytes: row i's 4 bytes at offset
+/// 4i — so one zmm register holds 16 rows × 4 bytes, and each 32-bit lane belongs to one row. Tile t starts at
+/// t · row_bytes · 64 and stores [d][sub < ns][16][4]; scales fp16 [tile][group][16 · ns rows].
+///   A8 (AVX-512 VNNI + VBMI): per activation row and dword column, the 8 tables T_j (j = 8d..8d+7) are split exactly
+///       as T = L + 64·H, L = T & 63 ∈ [0, 63] (u8), H = T >> 6 ∈ [−8, 7] (s8) (|T| ≤ 4·128), and stored as four
+///       64-byte tables (low/high nibble × L/H) indexed by (byte position in the lane << 4) | nibble; one `vpermb`
+///       looks up 64 nibbles of 16 rows at once and `vpdpbusd` adds L·1 and 64·H into the row's int32 lane. The
+///       int32 per-group sum is exactly isum_g, combined as above: bit-identical to every other A8 path.
+///   A16 (AVX-512F): per index group j one 16-float table; `vpermps` with the lane's nibble (the lane shifted by 4t)
+///       looks up 16 rows at once; the even / odd index-group sums, the group combination and their order are the
+///       ones above, so the result is bit-identical to the scalar and AVX2 LUT paths.
+/// Method: T-MAC's table lookup (arXiv:2407.00088) and bitnet.cpp's TL kernels, with the int8 table split into
+/// byte lookups summed by VNNI dot products in the spirit of ggml's AVX-512 VNNI quant dot products.
+///
+/// The layout is fixed at construction: gemv_* with impl = automatic runs the matrix's own path (isa()); an explicit
+/// impl must be isa() or scalar-on-the-32-row-layout (scalar/avx2 matrices only); anything else throws
+/// std::invalid_argument (construct with the wanted isa instead).
 /// Threads: activation rows go in chunks of 8 whose tables are built together. With one chunk (decode), its row
 /// blocks are split into `threads` contiguous ranges; with several (prefill, batches), the chunks are split across
 /// threads, each building its own tables. Results do not depend on the split. threads <= 0: at::get_num_threads().
 /// Errors: std::invalid_argument from the constructor for an inconsistent view, an unsupported group size or a
 /// ternary code 3 (naming row and column); from gemv_* for M < 1 / null pointers / AVX2 requested but unavailable.
+namespace detail {
+/// Allocator for the repacked weights: buffers of 2 MiB or more are 2 MiB-aligned and their whole 2 MiB pages marked
+/// MADV_HUGEPAGE (Linux transparent huge pages in "madvise" mode; nothing is rounded up), so that streaming the
+/// weights from DRAM takes fewer TLB misses and page boundaries; BITFORGE_NO_HUGEPAGES=1 turns the hint off.
+/// 64-byte aligned memory otherwise.
+template <class T>
+struct WeightAllocator {
+  using value_type = T;
+  WeightAllocator() = default;
+  template <class U>
+  WeightAllocator(const WeightAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(allocate_weight_bytes(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) { free_weight_bytes(p); }
+  template <class U>
+  bool operator==(const WeightAllocator<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const WeightAllocator<U>&) const { return false; }
+  static void* allocate_weight_bytes(std::size_t bytes);
+  static void free_weight_bytes(void* p);
+};
+}  // namespace detail
+
 class RepackedMatrix {
  public:
   /// True when the view's layout can be repacked (see Requirements).
   static bool supports(const PackedMatrixView& w);
-  explicit RepackedMatrix(const PackedMatrixView& w);
+  /// True when the view also fits the AVX-512 tile layout (binary group_size % 32 == 0, ternary % 16 == 0); says
+  /// nothing about the CPU.
+  static bool supports_avx512_layout(const PackedMatrixView& w);
+  /// isa: automatic = the best path the CPU (capped by BITFORGE_CPU_ISA) and the layout allow; avx512 / avx2 /
+  /// scalar ask for that path (std::invalid_argument when the CPU or the layout cannot run it).
+  explicit RepackedMatrix(const PackedMatrixView& w, GemvImpl isa = GemvImpl::automatic);
 
   /// A16: x fp32 [M, in], y fp32 [M, out] (overwritten).
   void gemv_f32(const float* x, int64_t M, float* y, int threads = 1, GemvImpl impl = GemvImpl::automatic) const;
@@ -130,6 +198,8 @@ class RepackedMatrix {
                GemvImpl impl = GemvImpl::automatic) const;
 
   WeightQuantizer quant() const { return quant_; }
+  /// The path this matrix runs (and whose layout it holds): avx512, avx2 or scalar.
+  GemvImpl isa() const { return isa_; }
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
   /// Bytes held: repacked codes (incl. block padding) + fp16 scales + anchors (index 8 B + δ 4 B).
@@ -137,9 +207,10 @@ class RepackedMatrix {
 
  private:
   WeightQuantizer quant_ = WeightQuantizer::binary;
+  GemvImpl isa_ = GemvImpl::scalar;
   int64_t out_ = 0, in_ = 0, group_size_ = 0, n_groups_ = 0, blocks_ = 0, row_bytes_ = 0;
-  std::vector<uint8_t> codes_;     // [blocks][row_bytes][32]
-  std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits
+  std::vector<uint8_t, detail::WeightAllocator<uint8_t>> codes_;  // [blocks][row_bytes][32], or avx512: [tiles][row_bytes/4][ns][16][4]
+  std::vector<uint16_t> scales_;   // [blocks][n_groups][32] fp16 bits, or avx512: [tiles][n_groups][16 ns]
   std::vector<int64_t> anchor_index_;
   std::vector<float> anchor_delta_;
 };

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -336,6 +337,9 @@ bool avx2_layout_ok(const PackedMatrixView& w, bool int8) {
 
 bool use_avx2(const PackedMatrixView& w, bool int8, GemvImpl impl) {
   if (impl == GemvImpl::scalar) return false;
+  if (impl == GemvImpl::avx512)
+    throw std::invalid_argument("packed_gemv: the row-wise kernels have no AVX-512 path (RepackedMatrix has)");
+  if (impl == GemvImpl::automatic && best_cpu_isa() == GemvImpl::scalar) return false;  // BITFORGE_CPU_ISA=scalar
   const bool ok = cpu_has_avx2() && avx2_layout_ok(w, int8);
   if (impl == GemvImpl::avx2 && !ok)
     throw std::invalid_argument("packed_gemv: AVX2 path requested but " +
@@ -353,6 +357,74 @@ bool cpu_has_avx2() {
 #else
   return false;
 #endif
+}
+
+bool cpu_has_avx512() {
+#ifdef BF_X86
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                          __builtin_cpu_supports("avx512vbmi");
+  return has;
+#else
+  return false;
+#endif
+}
+
+namespace {
+/// BITFORGE_CPU_ISA, read once: the highest path automatic may pick (automatic = no cap).
+GemvImpl isa_cap() {
+  static const GemvImpl cap = [] {
+    const char* e = std::getenv("BITFORGE_CPU_ISA");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "auto" || v == "automatic") return GemvImpl::automatic;
+    if (v == "avx512") return GemvImpl::avx512;
+    if (v == "avx2") return GemvImpl::avx2;
+    if (v == "scalar") return GemvImpl::scalar;
+    throw std::invalid_argument("BITFORGE_CPU_ISA must be avx512, avx2, scalar or auto, got '" + v + "'");
+  }();
+  return cap;
+}
+}  // namespace
+
+GemvImpl best_cpu_isa() {
+  const GemvImpl cap = isa_cap();
+  if (cpu_has_avx512() && (cap == GemvImpl::automatic || cap == GemvImpl::avx512)) return GemvImpl::avx512;
+  if (cpu_has_avx2() && cap != GemvImpl::scalar) return GemvImpl::avx2;
+  return GemvImpl::scalar;
+}
+
+const char* isa_name(GemvImpl isa) {
+  switch (isa) {
+    case GemvImpl::automatic: return "automatic";
+    case GemvImpl::scalar: return "scalar";
+    case GemvImpl::avx2: return "avx2";
+    case GemvImpl::avx512: return "avx512";
+  }
+  return "?";
+}
+
+std::string cpu_features() {
+  std::string f;
+#ifdef BF_X86
+  auto add = [&](bool has, const char* name) {
+    if (has) f += std::string(f.empty() ? "" : " ") + name;
+  };
+  add(__builtin_cpu_supports("avx2"), "avx2");
+  add(__builtin_cpu_supports("fma"), "fma");
+  add(__builtin_cpu_supports("f16c"), "f16c");
+  add(__builtin_cpu_supports("avx512f"), "avx512f");
+  add(__builtin_cpu_supports("avx512bw"), "avx512bw");
+  add(__builtin_cpu_supports("avx512vl"), "avx512vl");
+  add(__builtin_cpu_supports("avx512dq"), "avx512dq");
+  add(__builtin_cpu_supports("avx512vnni"), "avx512vnni");
+  add(__builtin_cpu_supports("avx512vbmi"), "avx512vbmi");
+  add(__builtin_cpu_supports("avx512vpopcntdq"), "avx512vpopcntdq");
+  add(__builtin_cpu_supports("avx512bitalg"), "avx512bitalg");
+  add(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+#endif
+  if (f.empty()) f = "(no x86 SIMD features)";
+  if (const char* e = std::getenv("BITFORGE_CPU_ISA"); e && *e) f += std::string("; BITFORGE_CPU_ISA=") + e;
+  return f;
 }
 
 int parallel_threads_used(int threads) {
@@ -378,9 +450,54 @@ void check_view(const PackedMatrixView& w) {
     bad("anchor index outside [0, out*in)");
 }
 
+namespace {
+#ifdef BF_X86
+/// 8 values: clamp(round_half_even(x · s), lo, hi) as int32.
+__attribute__((target("avx2"), always_inline)) inline __m256i quant8_avx2(const float* x, __m256 sv, __m256 lo, __m256 hi) {
+  const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+}
+
+/// One row of quantize_activations_per_token with AVX2: the same max, the same scale, the same products, rounding
+/// (round-half-even, like nearbyintf in the default mode) and clamps, so the result is bit-identical.
+__attribute__((target("avx2"))) void quantize_row_avx2(const float* xr, int64_t in, float qp, int8_t* q, float* s) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 mv = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= in; c += 8) mv = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + c), absmask), mv);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mv);
+  float m = 0.f;
+  for (float v : lanes) m = std::max(m, v);
+  for (; c < in; ++c) m = std::max(m, std::fabs(xr[c]));
+  const float sc = qp / std::max(m, 1e-5f);
+  *s = sc;
+  const float qn = -qp - 1.f;
+  const __m256 sv = _mm256_set1_ps(sc), lo = _mm256_set1_ps(qn), hi = _mm256_set1_ps(qp);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  c = 0;
+  for (; c + 32 <= in; c += 32) {
+    const __m256i ab = _mm256_packs_epi32(quant8_avx2(xr + c, sv, lo, hi), quant8_avx2(xr + c + 8, sv, lo, hi)), cd = _mm256_packs_epi32(quant8_avx2(xr + c + 16, sv, lo, hi), quant8_avx2(xr + c + 24, sv, lo, hi));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order));
+  }
+  for (; c < in; ++c) {
+    float v = nearbyintf(xr[c] * sc);
+    v = std::min(std::max(v, qn), qp);
+    q[c] = static_cast<int8_t>(v);
+  }
+}
+#endif
+}  // namespace
+
 void quantize_activations_per_token(const float* x, int64_t M, int64_t in, int bits, int8_t* q, float* s) {
   if (bits != 8 && bits != 4) throw std::invalid_argument("quantize_activations_per_token: bits must be 8 or 4");
   const float qp = bits == 8 ? 127.f : 7.f, qn = -qp - 1.f;
+#ifdef BF_X86
+  if (cpu_has_avx2() && best_cpu_isa() != GemvImpl::scalar) {
+    for (int64_t r = 0; r < M; ++r) quantize_row_avx2(x + r * in, in, qp, q + r * in, s + r);
+    return;
+  }
+#endif
   for (int64_t r = 0; r < M; ++r) {
     const float* xr = x + r * in;
     float m = 0.f;

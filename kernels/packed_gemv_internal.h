@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels/packed_gemv.h"
+#include "kernels/packed_gemv_avx512.h"
 
 namespace bitforge::kernels::detail {
 

@@ -8,12 +8,18 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "kernels/packed_gemv.h"
 #include "kernels/packed_gemv_internal.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -333,13 +339,6 @@ __attribute__((target("avx2,f16c"))) void block_f32_avx2(const Geometry& G, int6
 }
 #endif  // BF_X86
 
-bool pick_avx2(GemvImpl impl) {
-  if (impl == GemvImpl::scalar) return false;
-  if (impl == GemvImpl::avx2 && !cpu_has_avx2())
-    throw std::invalid_argument("RepackedMatrix: AVX2 path requested but the CPU lacks AVX2/FMA/F16C");
-  return cpu_has_avx2();
-}
-
 /// Per-call scratch for the tables (grows, never shrinks; one per calling thread).
 template <class T>
 T* scratch(size_t n) {
@@ -351,30 +350,77 @@ T* scratch(size_t n) {
 
 }  // namespace
 
+template <class T>
+void* detail::WeightAllocator<T>::allocate_weight_bytes(std::size_t bytes) {
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  const bool huge = bytes >= kHuge && !std::getenv("BITFORGE_NO_HUGEPAGES");
+  const std::size_t align = huge ? kHuge : 64;
+  void* p = nullptr;
+  if (posix_memalign(&p, align, bytes ? bytes : 1) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  // the whole 2 MiB pages only (a hint: failure is harmless); the tail stays on small pages, nothing is rounded up
+  if (huge) madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+template <class T>
+void detail::WeightAllocator<T>::free_weight_bytes(void* p) {
+  std::free(p);
+}
+template struct detail::WeightAllocator<uint8_t>;
+
 bool RepackedMatrix::supports(const PackedMatrixView& w) {
   if (w.out < 1 || w.in < 1 || w.group_size < 1 || w.in % w.group_size != 0) return false;
   return w.group_size % (w.quant == WeightQuantizer::binary ? 8 : 4) == 0;
 }
 
-RepackedMatrix::RepackedMatrix(const PackedMatrixView& w) {
+bool RepackedMatrix::supports_avx512_layout(const PackedMatrixView& w) {
+  return supports(w) && w.group_size % (w.quant == WeightQuantizer::binary ? 32 : 16) == 0;
+}
+
+RepackedMatrix::RepackedMatrix(const PackedMatrixView& w, GemvImpl isa) {
   check_view(w);
   if (!supports(w))
     throw std::invalid_argument("RepackedMatrix: group_size " + std::to_string(w.group_size) + " of a " +
                                 (w.quant == WeightQuantizer::binary ? "binary" : "ternary") +
                                 " matrix is not a multiple of " + (w.quant == WeightQuantizer::binary ? "8" : "4"));
+  if (isa == GemvImpl::automatic) {
+    isa = best_cpu_isa();
+    if (isa == GemvImpl::avx512 && !supports_avx512_layout(w)) isa = cpu_has_avx2() ? GemvImpl::avx2 : GemvImpl::scalar;
+  } else if (isa == GemvImpl::avx512) {
+    if (!cpu_has_avx512())
+      throw std::invalid_argument("RepackedMatrix: AVX-512 path requested but the CPU lacks AVX-512 F/BW/VL/VNNI/VBMI");
+    if (!supports_avx512_layout(w))
+      throw std::invalid_argument("RepackedMatrix: the AVX-512 layout needs group_size % " +
+                                  std::string(w.quant == WeightQuantizer::binary ? "32" : "16") + " == 0, got " +
+                                  std::to_string(w.group_size));
+  } else if (isa == GemvImpl::avx2 && !cpu_has_avx2()) {
+    throw std::invalid_argument("RepackedMatrix: AVX2 path requested but the CPU lacks AVX2/FMA/F16C");
+  }
+  isa_ = isa;
   quant_ = w.quant;
   out_ = w.out;
   in_ = w.in;
   group_size_ = w.group_size;
   n_groups_ = w.n_groups();
   row_bytes_ = w.row_bytes();
-  blocks_ = (out_ + kRows - 1) / kRows;
-  codes_.assign(static_cast<size_t>(blocks_ * row_bytes_ * kRows), 0);
-  scales_.assign(static_cast<size_t>(blocks_ * n_groups_ * kRows), 0);
+  const bool tiles = isa_ == GemvImpl::avx512;
+  const int64_t rows = tiles ? detail::kTileRows : kRows;
+  blocks_ = (out_ + rows - 1) / rows;
+  // tiles: the last one holds only the 16-row sub-blocks it needs
+  const int64_t padded = tiles ? (out_ + 15) / 16 * 16 : blocks_ * rows;
+  codes_.assign(static_cast<size_t>(padded * row_bytes_), 0);
+  scales_.assign(static_cast<size_t>(padded * n_groups_), 0);
   for (int64_t r = 0; r < out_; ++r) {
-    const int64_t b = r / kRows, i = r % kRows;
+    const int64_t b = r / rows, i = r % rows;
+    const int64_t ns = std::min<int64_t>(4, (out_ - b * rows + 15) / 16);  // tiles: sub-blocks in tile b
     const uint8_t* row = w.codes + r * row_bytes_;
-    uint8_t* dst = codes_.data() + b * row_bytes_ * kRows + i;
+    // 32-row blocks: byte k of row i at [b][k][i]; tiles: byte k = 4d + e of row i = 16·sub + l at
+    // [b][d][sub < ns][l][e] (tile b starts at b · row_bytes · 64)
+    auto dst_of = [&](int64_t k) -> uint8_t& {
+      if (!tiles) return codes_[(b * row_bytes_ + k) * kRows + i];
+      return codes_[b * row_bytes_ * rows + ((k / 4) * ns + i / 16) * 64 + (i % 16) * 4 + k % 4];
+    };
     for (int64_t k = 0; k < row_bytes_; ++k) {
       const uint8_t byte = row[k];
       if (quant_ == WeightQuantizer::ternary)
@@ -382,10 +428,11 @@ RepackedMatrix::RepackedMatrix(const PackedMatrixView& w) {
           if (((byte >> (2 * l)) & 3) == 3)
             throw std::invalid_argument("RepackedMatrix: ternary code 3 (not in {0, 1, 2}) at row " + std::to_string(r) +
                                         ", column " + std::to_string(4 * k + l));
-      dst[k * kRows] = byte;
+      dst_of(k) = byte;
     }
     const uint16_t* s = w.scales + (w.scale_rows == 1 ? 0 : r) * n_groups_;
-    for (int64_t g = 0; g < n_groups_; ++g) scales_[(b * n_groups_ + g) * kRows + i] = s[g];
+    for (int64_t g = 0; g < n_groups_; ++g)
+      scales_[tiles ? b * n_groups_ * rows + g * ns * 16 + i : (b * n_groups_ + g) * rows + i] = s[g];
   }
   anchor_index_.assign(w.anchor_index, w.anchor_index + w.n_anchors);
   anchor_delta_.resize(static_cast<size_t>(w.n_anchors));
@@ -410,15 +457,15 @@ namespace {
 /// chunks split across threads, each thread building its own chunks' tables and running every row block — one
 /// fork/join per call and parallel table building. Per (m, r) the operations are the same either way.
 template <class Tab, class BuildTables, class Block, class Anchors>
-void lut_driver(int64_t M, int64_t blocks, int64_t out, int64_t tab_len, int threads, const BuildTables& build,
-                const Block& block, const Anchors& anchors) {
+void lut_driver(int64_t M, int64_t blocks, int64_t rows, int64_t out, int64_t tab_len, int threads,
+                const BuildTables& build, const Block& block, const Anchors& anchors) {
   auto chunk = [&](int64_t m0, int64_t b0, int64_t b1, Tab* tabs, bool build_tables) {
     const int64_t mb = std::min(kMChunk, M - m0);
     if (build_tables)
       for (int64_t m = 0; m < mb; ++m) build(m0 + m, tabs + m * tab_len);
     for (int64_t b = b0; b < b1; b += 2)
       for (int64_t m = 0; m < mb; ++m) block(b, std::min<int64_t>(2, b1 - b), m0 + m, tabs + m * tab_len);
-    anchors(m0, mb, b0 * kRows, std::min(b1 * kRows, out));
+    anchors(m0, mb, b0 * rows, std::min(b1 * rows, out));
   };
   const int64_t n_chunks = (M + kMChunk - 1) / kMChunk;
   const int t = threads <= 0 ? at::get_num_threads() : threads;
@@ -448,14 +495,57 @@ void add_anchors(const std::vector<int64_t>& index, const std::vector<float>& de
 
 }  // namespace
 
+namespace {
+
+enum class Path { scalar, avx2, avx512 };
+
+/// The path a gemv call runs on a matrix built for `isa` (see RepackedMatrix in packed_gemv.h).
+Path pick_path(GemvImpl isa, GemvImpl impl) {
+  if (impl == GemvImpl::automatic) impl = isa;
+  if (isa == GemvImpl::avx512) {
+    if (impl != GemvImpl::avx512)
+      throw std::invalid_argument(std::string("RepackedMatrix: this matrix holds the AVX-512 tile layout; the ") +
+                                  isa_name(impl) + " path needs a matrix constructed with GemvImpl::" + isa_name(impl));
+    return Path::avx512;
+  }
+  if (impl == GemvImpl::avx512)
+    throw std::invalid_argument(std::string("RepackedMatrix: this matrix was built for the ") + isa_name(isa) +
+                                " path; construct it with GemvImpl::avx512 for the AVX-512 kernels");
+  if (impl == GemvImpl::avx2) {
+    if (!cpu_has_avx2()) throw std::invalid_argument("RepackedMatrix: AVX2 path requested but the CPU lacks AVX2/FMA/F16C");
+    return Path::avx2;
+  }
+  return Path::scalar;
+}
+
+}  // namespace
+
 void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* y, int threads, GemvImpl impl) const {
   if (M < 1 || !q || !s || !y) throw std::invalid_argument("RepackedMatrix::gemv_i8: M must be >= 1 and q, s, y non-null");
-  const bool avx = pick_avx2(impl);
+  const Path path = pick_path(isa_, impl);
   const bool binary = quant_ == WeightQuantizer::binary;
-  const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   const int64_t in = in_, out = out_;
+  auto anchors = [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+    add_anchors(anchor_index_, anchor_delta_, in, out, r0, r1, nullptr, q + m0 * in, s + m0, mb, y + m0 * out);
+  };
+#ifdef BF_X86
+  if (path == Path::avx512) {
+    const detail::TileGeometry T{out_, row_bytes_ / 4, n_groups_, group_size_ / (binary ? 32 : 16), codes_.data(),
+                                 scales_.data()};
+    lut_driver<uint8_t>(
+        M, blocks_, detail::kTileRows, out_, row_bytes_ * 64, threads,
+        [&](int64_t m, uint8_t* tab) { detail::tables_i8_avx512(binary, q + m * in, in, tab); },
+        [&](int64_t b, int64_t nb, int64_t m, const uint8_t* tab) {
+          detail::tiles_i8_avx512(T, b, b + nb, tab, s[m], y + m * out);
+        },
+        anchors);
+    return;
+  }
+#endif
+  const bool avx = path == Path::avx2;
+  const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   lut_driver<uint8_t>(
-      M, blocks_, out_, in_ / cols_per_index(binary) * 32, threads,
+      M, blocks_, kRows, out_, in_ / cols_per_index(binary) * 32, threads,
       [&](int64_t m, uint8_t* tab) {
 #ifdef BF_X86
         if (avx) return tables_i8_avx2(binary, q + m * in, in, tab);
@@ -468,20 +558,36 @@ void RepackedMatrix::gemv_i8(const int8_t* q, const float* s, int64_t M, float* 
 #endif
         for (int64_t j = 0; j < nb; ++j) block_i8_scalar(G, b + j, tab, s[m], y + m * out);
       },
-      [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
-        add_anchors(anchor_index_, anchor_delta_, in, out, r0, r1, nullptr, q + m0 * in, s + m0, mb, y + m0 * out);
-      });
+      anchors);
   (void)avx;
 }
 
 void RepackedMatrix::gemv_f32(const float* x, int64_t M, float* y, int threads, GemvImpl impl) const {
   if (M < 1 || !x || !y) throw std::invalid_argument("RepackedMatrix::gemv_f32: M must be >= 1 and x, y non-null");
-  const bool avx = pick_avx2(impl);
+  const Path path = pick_path(isa_, impl);
   const bool binary = quant_ == WeightQuantizer::binary;
-  const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   const int64_t in = in_, out = out_;
+  auto anchors = [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+    add_anchors(anchor_index_, anchor_delta_, in, out, r0, r1, x + m0 * in, nullptr, nullptr, mb, y + m0 * out);
+  };
+#ifdef BF_X86
+  if (path == Path::avx512) {
+    const detail::TileGeometry T{out_, row_bytes_ / 4, n_groups_, group_size_ / (binary ? 32 : 16), codes_.data(),
+                                 scales_.data()};
+    lut_driver<float>(
+        M, blocks_, detail::kTileRows, out_, in_ / cols_per_index(binary) * 16, threads,
+        [&](int64_t m, float* tab) { detail::tables_f32_avx512(binary, x + m * in, in, tab); },
+        [&](int64_t b, int64_t nb, int64_t m, const float* tab) {
+          detail::tiles_f32_avx512(T, b, b + nb, tab, y + m * out);
+        },
+        anchors);
+    return;
+  }
+#endif
+  const bool avx = path == Path::avx2;
+  const Geometry G{out_, row_bytes_, n_groups_, group_size_ / (binary ? 8 : 4), codes_.data(), scales_.data()};
   lut_driver<float>(
-      M, blocks_, out_, in_ / cols_per_index(binary) * 16, threads,
+      M, blocks_, kRows, out_, in_ / cols_per_index(binary) * 16, threads,
       [&](int64_t m, float* tab) {
 #ifdef BF_X86
         if (avx) return tables_f32_avx2(binary, x + m * in, in, tab);
@@ -499,9 +605,7 @@ void RepackedMatrix::gemv_f32(const float* x, int64_t M, float* y, int threads, 
           block_f32_scalar(G, b + j, tab, y + m * out);
         }
       },
-      [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
-        add_anchors(anchor_index_, anchor_delta_, in, out, r0, r1, x + m0 * in, nullptr, nullptr, mb, y + m0 * out);
-      });
+      anchors);
   (void)avx;
 }
 

@@ -1,14 +1,20 @@
 // Packed CPU GEMV (kernels/packed_gemv.h): integer A8 path bit-exact against the unpack reference, A16 within
 // 1e-5·Σ|w·x| of a double-precision W_eff matmul, odd shapes, M = 1..9, thread counts 1..4 bit-identical,
-// scalar and AVX2 paths agreeing, anchors as exact sparse corrections.
+// scalar and AVX2 paths agreeing, anchors as exact sparse corrections; RepackedMatrix on every path the CPU has
+// (scalar, AVX2, AVX-512; the others skipped visibly), and the BITFORGE_CPU_ISA forced fallback.
 #include "kernels/packed_gemv.h"
 
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
+#include <string>
 
 namespace bk = bitforge::kernels;
 
@@ -215,6 +221,40 @@ TEST(PackedGemv, A16WithinToleranceThreadsIdentical) {
   }
 }
 
+TEST(PackedGemv, ActivationQuantizationMatchesTheScalarDefinitionBitForBit) {
+  // the vectorized quantizer (AVX2 unless BITFORGE_CPU_ISA=scalar) against the definition, with exact .5 ties,
+  // zeros, tiny rows (scale from the 1e-5 floor) and lengths with vector tails
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  for (int64_t in : {1, 7, 31, 32, 33, 100, 2048, 2051}) {
+    for (int bits : {8, 4}) {
+      const int64_t M = 3;
+      std::vector<float> x(M * in);
+      for (auto& v : x) v = nd(rng);
+      for (int64_t c = 0; c < in; c += 5) x[c] = 0.f;
+      if (in >= 4) {  // row 1: values whose products with the scale land on .5 ties (max 127 · 2^-3 → s = 8)
+        for (int64_t c = 0; c < in; ++c) x[in + c] = float(int64_t(c % 255) - 127) / 16.f;
+        x[in] = 127.f / 8.f;
+      }
+      for (int64_t c = 0; c < in; ++c) x[2 * in + c] = 1e-7f * float(c % 7);  // below the 1e-5 floor
+      std::vector<int8_t> q(M * in);
+      std::vector<float> s(M);
+      bk::quantize_activations_per_token(x.data(), M, in, bits, q.data(), s.data());
+      const float qp = bits == 8 ? 127.f : 7.f;
+      for (int64_t r = 0; r < M; ++r) {
+        float m = 0.f;
+        for (int64_t c = 0; c < in; ++c) m = std::max(m, std::fabs(x[r * in + c]));
+        const float sc = qp / std::max(m, 1e-5f);
+        ASSERT_EQ(0, std::memcmp(&sc, &s[r], 4)) << "in=" << in << " r=" << r;
+        for (int64_t c = 0; c < in; ++c) {
+          const float v = std::min(std::max(nearbyintf(x[r * in + c] * sc), -qp - 1.f), qp);
+          ASSERT_EQ(int(v), int(q[r * in + c])) << "in=" << in << " bits=" << bits << " r=" << r << " c=" << c;
+        }
+      }
+    }
+  }
+}
+
 TEST(PackedGemv, DequantRowMatchesUnpackAndAnchorsAreExact) {
   auto p = make(bitforge::WeightQuantizer::binary, 9, 256, 128, true, 12, 7);
   const auto W = bk::packed_unpack_reference(p.view);
@@ -277,24 +317,43 @@ std::vector<Shape> lut_shapes() {
 }
 }  // namespace
 
-TEST(RepackedMatrix, A8BitExactAgainstUnpackReferenceAllPathsThreadsAndBatch) {
+// Every path is tested on its own layout: RepackedMatrix(view, isa) for isa = scalar, avx2, avx512. A path the CPU
+// cannot run is skipped visibly (GTEST_SKIP naming what is missing), never claimed.
+class RepackedIsa : public ::testing::TestWithParam<bk::GemvImpl> {
+ protected:
+  void SetUp() override {
+    const auto isa = GetParam();
+    if (isa == bk::GemvImpl::avx2 && !bk::cpu_has_avx2())
+      GTEST_SKIP() << "CPU lacks AVX2/FMA/F16C (features: " << bk::cpu_features() << ")";
+    if (isa == bk::GemvImpl::avx512 && !bk::cpu_has_avx512())
+      GTEST_SKIP() << "CPU lacks AVX-512 F/BW/VL/VNNI/VBMI (features: " << bk::cpu_features() << ")";
+  }
+  /// The matrix for this path, or nullptr when its layout cannot hold the view (AVX-512: group size).
+  static std::unique_ptr<bk::RepackedMatrix> build(const bk::PackedMatrixView& v) {
+    if (GetParam() == bk::GemvImpl::avx512 && !bk::RepackedMatrix::supports_avx512_layout(v)) return nullptr;
+    auto R = std::make_unique<bk::RepackedMatrix>(v, GetParam());
+    EXPECT_EQ(R->isa(), GetParam());
+    return R;
+  }
+};
+
+TEST_P(RepackedIsa, A8BitExactAgainstUnpackReferenceThreadsAndBatch) {
   uint32_t seed = 500;
   int tested = 0;
   for (const auto& sh : lut_shapes()) {
     auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
-    const bk::RepackedMatrix R(p.view);
+    const auto R = build(p.view);
     for (int bits : {8, 4}) {
       for (int64_t M : {1, 3, 9}) {
         const auto [q, s, ref] = quantized_reference(p.view, M, bits, seed++);
-        std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar};
-        if (bk::cpu_has_avx2()) impls.push_back(bk::GemvImpl::avx2);
-        for (auto impl : impls)
+        if (!R) continue;
+        for (auto impl : {bk::GemvImpl::automatic, GetParam()})
           for (int threads = 1; threads <= 4; ++threads) {
             std::vector<float> y(M * sh.out, -1.f);
-            R.gemv_i8(q.data(), s.data(), M, y.data(), threads, impl);
+            R->gemv_i8(q.data(), s.data(), M, y.data(), threads, impl);
             ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4))
                 << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " M=" << M << " bits=" << bits
-                << " threads=" << threads << " impl=" << int(impl);
+                << " threads=" << threads << " isa=" << bk::isa_name(GetParam());
             ++tested;
           }
       }
@@ -303,22 +362,22 @@ TEST(RepackedMatrix, A8BitExactAgainstUnpackReferenceAllPathsThreadsAndBatch) {
   EXPECT_GT(tested, 100);
 }
 
-TEST(RepackedMatrix, A8ExtremeActivationsDoNotOverflowInt16) {
-  // every code +1 (binary) / +1 (ternary), every q = −128: each table entry is −512 (binary) / −256 (ternary), the
-  // largest magnitudes the int16 segment sums can meet; one group spans the whole 4096-column row
+TEST_P(RepackedIsa, A8ExtremeActivationsStayExact) {
+  // every code +1 (binary: all bits set; ternary: code 2), every q = −128 or 127: each table entry reaches ±512
+  // (binary) / ±256 (ternary), the largest magnitudes the int16 sums (AVX2) and the L + 64·H split (AVX-512) meet;
+  // one group spans the whole 4096-column row
   for (auto quant : {bitforge::WeightQuantizer::binary, bitforge::WeightQuantizer::ternary}) {
     auto p = make(quant, 40, 4096, 4096, true, 0, 9);
     std::fill(p.codes.begin(), p.codes.end(), quant == bitforge::WeightQuantizer::binary ? 0xff : 0xaa);
-    const bk::RepackedMatrix R(p.view);
+    const auto R = build(p.view);
+    ASSERT_TRUE(R);
     for (int8_t v : {int8_t(-128), int8_t(127)}) {
       std::vector<int8_t> q(4096, v);
       float s = 3.f;
       std::vector<float> ref(40), y(40);
       bk::packed_gemv_i8_reference(p.view, q.data(), &s, 1, ref.data());
-      for (auto impl : {bk::GemvImpl::scalar, bk::GemvImpl::automatic}) {
-        R.gemv_i8(q.data(), &s, 1, y.data(), 2, impl);
-        ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4)) << "q=" << int(v) << " impl=" << int(impl);
-      }
+      R->gemv_i8(q.data(), &s, 1, y.data(), 2);
+      ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4)) << "q=" << int(v);
       // and the value itself: every row is 4096 · q · scale_r / s
       std::vector<float> row(4096);
       for (int64_t r = 0; r < 40; ++r) {
@@ -330,18 +389,37 @@ TEST(RepackedMatrix, A8ExtremeActivationsDoNotOverflowInt16) {
   }
 }
 
-TEST(RepackedMatrix, A16AvxEqualsScalarBitForBitAndWithinTolerance) {
+TEST_P(RepackedIsa, A8AlternatingExtremesPerColumn) {
+  // q alternating between −128 and 127 with random codes: table entries of both signs near the extremes
+  for (auto quant : {bitforge::WeightQuantizer::binary, bitforge::WeightQuantizer::ternary}) {
+    auto p = make(quant, 70, 1024, 128, true, 5, 21);
+    const auto R = build(p.view);
+    ASSERT_TRUE(R);
+    std::vector<int8_t> q(2 * 1024);
+    for (size_t c = 0; c < q.size(); ++c) q[c] = (c % 3 == 0) ? int8_t(-128) : ((c % 3 == 1) ? int8_t(127) : int8_t(-127));
+    float s[2] = {2.5f, 0.75f};
+    std::vector<float> ref(2 * 70), y(2 * 70);
+    bk::packed_gemv_i8_reference(p.view, q.data(), s, 2, ref.data());
+    R->gemv_i8(q.data(), s, 2, y.data(), 1);
+    ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * 4));
+  }
+}
+
+TEST_P(RepackedIsa, A16EqualsScalarLutBitForBitAndWithinTolerance) {
   uint32_t seed = 900;
+  int tested = 0;
   for (const auto& sh : lut_shapes()) {
     auto p = make(sh.quant, sh.out, sh.in, sh.gs, sh.per_row, sh.anchors, seed++);
-    const bk::RepackedMatrix R(p.view);
+    const bk::RepackedMatrix S(p.view, bk::GemvImpl::scalar);
+    const auto R = build(p.view);
     const auto W = bk::packed_unpack_reference(p.view);
     for (int64_t M : {1, 2, 3, 9}) {
       auto x = rand_x(M * sh.in, seed++);
+      if (!R) continue;
       std::vector<double> exact(M * sh.out);
       bk::packed_gemv_f64_reference(p.view, x.data(), M, exact.data());
       std::vector<float> scalar(M * sh.out);
-      R.gemv_f32(x.data(), M, scalar.data(), 1, bk::GemvImpl::scalar);
+      S.gemv_f32(x.data(), M, scalar.data(), 1);
       for (int64_t m = 0; m < M; ++m)
         for (int64_t r = 0; r < sh.out; ++r) {
           double mag = 0;
@@ -349,17 +427,81 @@ TEST(RepackedMatrix, A16AvxEqualsScalarBitForBitAndWithinTolerance) {
           ASSERT_NEAR(scalar[m * sh.out + r], exact[m * sh.out + r], 1e-5 * mag + 1e-30)
               << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " m=" << m << " r=" << r;
         }
-      std::vector<bk::GemvImpl> impls = {bk::GemvImpl::scalar};
-      if (bk::cpu_has_avx2()) impls.push_back(bk::GemvImpl::avx2);
-      for (auto impl : impls)
-        for (int threads = 1; threads <= 4; ++threads) {
-          std::vector<float> y(M * sh.out, -1.f);
-          R.gemv_f32(x.data(), M, y.data(), threads, impl);
-          ASSERT_EQ(0, std::memcmp(y.data(), scalar.data(), y.size() * 4))
-              << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " M=" << M << " threads=" << threads
-              << " impl=" << int(impl);
-        }
+      for (int threads = 1; threads <= 4; ++threads) {
+        std::vector<float> y(M * sh.out, -1.f);
+        R->gemv_f32(x.data(), M, y.data(), threads);
+        ASSERT_EQ(0, std::memcmp(y.data(), scalar.data(), y.size() * 4))
+            << "out=" << sh.out << " in=" << sh.in << " gs=" << sh.gs << " M=" << M << " threads=" << threads
+            << " isa=" << bk::isa_name(GetParam());
+        ++tested;
+      }
     }
+  }
+  EXPECT_GT(tested, 40);
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, RepackedIsa,
+                         ::testing::Values(bk::GemvImpl::scalar, bk::GemvImpl::avx2, bk::GemvImpl::avx512),
+                         [](const ::testing::TestParamInfo<bk::GemvImpl>& i) { return bk::isa_name(i.param); });
+
+TEST(CpuDispatch, AutomaticPicksTheBestPathTheCpuAndLayoutAllow) {
+  std::printf("[          ] CPU features: %s; automatic = %s\n", bk::cpu_features().c_str(),
+              bk::isa_name(bk::best_cpu_isa()));
+  const char* cap = std::getenv("BITFORGE_CPU_ISA");
+  const std::string c = cap ? cap : "";
+  const auto best = bk::best_cpu_isa();
+  if (c == "scalar") {
+    EXPECT_EQ(best, bk::GemvImpl::scalar);
+  }
+  if (c == "avx2") {
+    EXPECT_NE(best, bk::GemvImpl::avx512);
+  }
+  if ((c.empty() || c == "auto") && bk::cpu_has_avx512()) {
+    EXPECT_EQ(best, bk::GemvImpl::avx512);
+  }
+  if ((c.empty() || c == "auto") && !bk::cpu_has_avx512()) {
+    EXPECT_EQ(best, bk::cpu_has_avx2() ? bk::GemvImpl::avx2 : bk::GemvImpl::scalar);
+  }
+  auto p = make(bitforge::WeightQuantizer::ternary, 70, 256, 128, true, 3, 11);
+  EXPECT_EQ(bk::RepackedMatrix(p.view).isa(), best);
+  // a group size the tile layout cannot hold falls back to the 32-row layout's best path
+  auto b8 = make(bitforge::WeightQuantizer::binary, 11, 48, 8, true, 0, 12);
+  const auto fb = bk::RepackedMatrix(b8.view).isa();
+  EXPECT_NE(fb, bk::GemvImpl::avx512);
+  EXPECT_EQ(fb, best == bk::GemvImpl::scalar ? bk::GemvImpl::scalar : (bk::cpu_has_avx2() ? bk::GemvImpl::avx2 : bk::GemvImpl::scalar));
+  // asking a matrix for a path its layout does not hold is an error, not a silent substitute
+  const bk::RepackedMatrix S(p.view, bk::GemvImpl::scalar);
+  std::vector<int8_t> q(256, 1);
+  float s = 1.f;
+  std::vector<float> y(70);
+  EXPECT_THROW(S.gemv_i8(q.data(), &s, 1, y.data(), 1, bk::GemvImpl::avx512), std::invalid_argument);
+  if (bk::cpu_has_avx512()) {
+    const bk::RepackedMatrix Z(p.view, bk::GemvImpl::avx512);
+    EXPECT_THROW(Z.gemv_i8(q.data(), &s, 1, y.data(), 1, bk::GemvImpl::scalar), std::invalid_argument);
+    EXPECT_THROW(bk::RepackedMatrix(b8.view, bk::GemvImpl::avx512), std::invalid_argument);
+  } else {
+    EXPECT_THROW(bk::RepackedMatrix(p.view, bk::GemvImpl::avx512), std::invalid_argument);
+  }
+}
+
+// BITFORGE_CPU_ISA caps what automatic picks (for the runtime and every kernel); the cap is read once per process, so
+// the suites run again in child processes of this binary with the cap set, which also keeps the AVX2 and scalar
+// paths of every automatic call covered on an AVX-512 host.
+TEST(CpuDispatch, ForcedFallbackViaEnvironmentRunsTheSuites) {
+  if (std::getenv("BITFORGE_CPU_ISA")) GTEST_SKIP() << "already a forced-fallback child";
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) GTEST_SKIP() << "cannot read /proc/self/exe";
+  self[n] = 0;
+  for (const char* cap : {"avx2", "scalar"}) {
+    if (std::string(cap) == "avx2" && !bk::cpu_has_avx2()) {
+      std::printf("[  SKIPPED ] BITFORGE_CPU_ISA=avx2: CPU lacks AVX2\n");
+      continue;
+    }
+    const std::string cmd = std::string("BITFORGE_CPU_ISA=") + cap +
+                            " '" + std::string(self) + "' --gtest_color=no "
+                            "--gtest_filter='CpuDispatch.Automatic*:PackedGemv.*:RepackedMatrix.*' > /dev/null 2>&1";
+    EXPECT_EQ(0, std::system(cmd.c_str())) << "the suites failed under BITFORGE_CPU_ISA=" << cap << ": " << cmd;
   }
 }
 
