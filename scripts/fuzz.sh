@@ -139,7 +139,7 @@ PY
 
 run_one() {  # harness, extra libFuzzer args...; prints the log path
   local h="$1"; shift
-  local out="$FUZZ_DIR/runs/$h" log="$FUZZ_DIR/runs/$h.log" max_len=262144
+  local out="$FUZZ_DIR/runs/$h" log="$FUZZ_DIR/runs/$h${LOG_TAG:-}.log" max_len=262144
   case "$h" in config|hf) max_len=8192 ;; esac  # text inputs: larger ones only slow the YAML/JSON parsers down
   mkdir -p "$out" "$FUZZ_DIR/artifacts/$h"
   ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
@@ -155,10 +155,10 @@ cmd_smoke() {
   for h in "${HARNESSES[@]}"; do
     if [ ! -x "$FUZZ_DIR/bin/fuzz_$h" ]; then echo "fuzz_$h: not built, skipped"; continue; fi
     ran=$((ran + 1))
-    if run_one "$h" -max_total_time="$secs"; then
-      echo "fuzz_$h: ok, $(grep -o 'stat::number_of_executed_units: [0-9]*' "$FUZZ_DIR/runs/$h.log" | awk '{print $2}') executions in ${secs}s"
+    if LOG_TAG=.smoke run_one "$h" -max_total_time="$secs"; then
+      echo "fuzz_$h: ok, $(grep -o 'stat::number_of_executed_units: [0-9]*' "$FUZZ_DIR/runs/$h.smoke.log" | awk '{print $2}') executions in ${secs}s"
     else
-      echo "fuzz_$h: FAILED (log $FUZZ_DIR/runs/$h.log)"; tail -30 "$FUZZ_DIR/runs/$h.log"; fail=1
+      echo "fuzz_$h: FAILED (log $FUZZ_DIR/runs/$h.smoke.log)"; tail -30 "$FUZZ_DIR/runs/$h.smoke.log"; fail=1
     fi
   done
   [ "$ran" -gt 0 ] || { echo "SKIP: no harness built"; exit 77; }
@@ -178,7 +178,7 @@ cmd_campaign() {
     else run_one "$h" -runs="$runs" || rc=$?; fi
     local log="$FUZZ_DIR/runs/$h.log"
     local execs crashes leaks hangs ooms
-    execs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')"
+    execs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}' || true)"
     crashes="$(grep -c -E 'ERROR: AddressSanitizer|runtime error:|deadly signal|uncaught exception|terminate called' "$log" || true)"
     leaks="$(grep -c 'ERROR: LeakSanitizer' "$log" || true)"
     hangs="$(grep -c 'ERROR: libFuzzer: timeout' "$log" || true)"
