@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "trainer/checkpoint.h"
+#include "trainer/distributed.h"
 #include "trainer/hf_checkpoint.h"
 #include "trainer/losses.h"
 
@@ -183,6 +184,7 @@ DistillResult run_distillation(const Config& cfg_in, const std::string& teacher_
 
   DistillResult r;
   r.train = train(spec);
+  if (auto dist = Distributed::current(); dist && !dist->is_main()) return r;  // rank 0 evaluates and reports
   data::SequentialLoader val(val_shard, cfg.eval.batch_size, cfg.eval.seq_len, cfg.eval.max_batches);
   auto student = load_model(r.train.checkpoint_dir);
   student.model->to(device);
