@@ -23,12 +23,15 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
+#include <unordered_map>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -246,6 +249,15 @@ void Distributed::all_gather(std::vector<torch::Tensor>& out, torch::Tensor in) 
 
 void Distributed::barrier() { impl_->wait(impl_->pg->barrier()); }
 
+double Distributed::time_all_reduce(int64_t numel, int reps) {
+  auto t = torch::ones({numel}, torch::TensorOptions().dtype(torch::kFloat).device(impl_->device));
+  barrier();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) all_reduce_sum(t);
+  if (impl_->device.is_cuda()) torch::cuda::synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / std::max(1, reps);
+}
+
 void Distributed::rethrow_naming_peers(const std::exception& e, const std::string& where) const {
   std::string what = e.what();
   if (auto nl = what.find("\nException raised from"); nl != std::string::npos) what.resize(nl);
@@ -287,7 +299,13 @@ namespace {
 class ReducerSync : public Distributed::GradSync {
  public:
   explicit ReducerSync(std::shared_ptr<c10d::Reducer> r) : reducer_(std::move(r)) {}
-  void arm() override { reducer_->prepare_for_backward({}); }
+  void arm() override {
+    // As DDP's forward: after the first synchronised backward, buckets are rebuilt once in the order gradients
+    // became ready (rank 0's order, broadcast), then the next backward is expected to all-reduce.
+    reducer_->rebuild_buckets();
+    reducer_->prepare_for_forward();  // runtime-stats bookkeeping, as DDP's forward
+    reducer_->prepare_for_backward({});
+  }
 
  private:
   std::shared_ptr<c10d::Reducer> reducer_;

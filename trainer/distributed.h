@@ -66,6 +66,8 @@ class Distributed {
   /// all_gather of equal-sized tensors: out[r] receives rank r's `in`.
   void all_gather(std::vector<torch::Tensor>& out, torch::Tensor in);
   void barrier();
+  /// Mean seconds of one all-reduce of `numel` fp32 values (a flat gradient of that size), over `reps` runs.
+  double time_all_reduce(int64_t numel, int reps);
 
   /// Rethrows `e` (caught around a step) as a DistributedError naming the lost rank(s) when a peer process is
   /// gone or the collective timed out; otherwise rethrows it unchanged.
@@ -79,8 +81,6 @@ class Distributed {
    public:
     virtual ~GradSync() = default;
     virtual void arm() = 0;
-    /// Seconds spent waiting for all-reduce work after the backward pass finished (the unhidden part).
-    virtual double comm_wait_seconds() const = 0;
   };
   std::unique_ptr<GradSync> make_grad_sync(const std::vector<torch::Tensor>& params,
                                            const std::vector<std::string>& names, int64_t bucket_mb);

@@ -93,6 +93,7 @@ void ZeroAdamW::step() {
 void ZeroAdamW::gather_state() {
   torch::NoGradGuard ng;
   auto m = gather_chunks(exp_avg_), v = gather_chunks(exp_avg_sq_);
+  if (rank_ != 0) return;  // only rank 0 writes checkpoints
   auto& state = opt_.state();
   for (size_t i = 0; i < params_.size(); ++i) {
     if (steps_[i] == 0) continue;

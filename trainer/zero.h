@@ -32,7 +32,8 @@ class ZeroAdamW {
   /// One AdamW step on this rank's shard with the groups' current options, then the all-gather of the parameters.
   void step();
 
-  /// Collective: fills `optimizer`'s state with the full moments (on every rank). clear_state() drops them again.
+  /// Collective: fills `optimizer`'s state with the full moments on rank 0 (the one that writes checkpoints).
+  /// clear_state() drops them again.
   void gather_state();
   void clear_state();
   /// Takes this rank's slice of the full state held by `optimizer` (from load_checkpoint), then clears it.
