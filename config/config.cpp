@@ -526,8 +526,8 @@ void validate(const Config& c, const std::string& src) {
                         "table, so list 'embedding' too or untie the head");
   if (!q.enabled() && q.activations != ActivationQuant::none)
     bad("quant.activations", "activation quantization needs quantized weights (quant.weight is none)");
-  if (c.data.tokenizer == TokenizerKind::byte && m.vocab_size != 0 && m.vocab_size < 259)
-    bad("model.vocab_size", fmt::format("a byte tokenizer needs at least 259 ids, got {}", m.vocab_size));
+  if (c.data.tokenizer == TokenizerKind::byte && m.vocab_size != 0 && m.vocab_size < 258)
+    bad("model.vocab_size", fmt::format("a byte tokenizer needs at least 258 ids (256 bytes, BOS, EOS), got {}", m.vocab_size));
   if (m.vocab_size != 0 && c.data.tokenizer != TokenizerKind::byte && m.vocab_size < c.data.vocab_size)
     bad("model.vocab_size", fmt::format("({}) is smaller than data.vocab_size ({}); set it to 0 to follow the tokenizer",
                                         m.vocab_size, c.data.vocab_size));
