@@ -55,3 +55,19 @@ print(f"{'2 ranks x 1 thread (2 x B)':<28}{c:>12.1f}{c / a:>10.2f}")
 print(f"scaling efficiency (2 ranks): {c / (2 * a):.1%}; threads: {b / (2 * a):.1%}")
 print(f"{sys.argv[5]}; all-reduce share of a 2-rank step: {sys.argv[4]} (upper bound: timed alone, not overlapped)")
 PY
+
+# On a GPU machine: configs/gpu-125m.yaml with NCCL at world size 1 (built-in launcher) vs without a process group,
+# to show the process group and the Reducer cost nothing measurable (GPU_STEPS steps each).
+if command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1; then
+  GPU_STEPS=${GPU_STEPS:-30}
+  for mode in plain nccl1; do
+    extra=()
+    [ "$mode" = nccl1 ] && extra=(--set train.distributed_backend=nccl --nproc-per-node 1)
+    "$BIN" train -c configs/gpu-125m.yaml --set run.name=dp-$mode --set run.output_dir="$OUT" \
+      --set train.max_steps=$GPU_STEPS --set train.save_steps=0 --set train.eval_steps=0 --set train.logging_steps=5 \
+      "${extra[@]}" > "$OUT/gpu-$mode.log" 2>&1
+    echo "gpu-125m $mode: $(tps "$OUT/dp-$mode/student/metrics.jsonl") tokens/s"
+  done
+else
+  echo "SKIP gpu-125m NCCL world-size-1 overhead: no GPU on this machine"
+fi

@@ -83,7 +83,9 @@ Transformer load_teacher(const std::string& path, const data::Tokenizer& tokeniz
 DistillResult run_distillation(const Config& cfg_in, const std::string& teacher_path, const std::string& out_dir,
                                const std::string& train_shard, const std::string& val_shard,
                                std::shared_ptr<data::Tokenizer> tokenizer) {
-  const torch::Device device = select_device(cfg_in.train);
+  torch::Device device = select_device(cfg_in.train);
+  if (auto dist = Distributed::get(cfg_in.train.distributed_backend, cfg_in.train.distributed_timeout_s, device))
+    device = dist->device();  // the teacher on this rank's GPU
   ModelConfig shape;
   Transformer teacher = load_teacher(teacher_path, *tokenizer, device, &shape);
   Config cfg = cfg_in;

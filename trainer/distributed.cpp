@@ -140,6 +140,9 @@ std::shared_ptr<Distributed> Distributed::get(const std::string& backend, double
 
   auto impl = std::make_unique<Impl>();
   impl->device = device;
+  if (device.is_cuda() && torch::cuda::device_count() > 0)  // one GPU per local rank, as torchrun users expect
+    impl->device = torch::Device(torch::kCUDA,
+                                 static_cast<c10::DeviceIndex>(env.local_rank % torch::cuda::device_count()));
   impl->my_host = hostname();
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env.master_port);
@@ -211,11 +214,13 @@ std::shared_ptr<Distributed> Distributed::get(const std::string& backend, double
   d->timeout_s_ = timeout_s;
   if (env.rank != 0 && spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
   spdlog::info("process group: rank {}/{} ({}, {} on {}, store {}:{}{}, timeout {} s)", env.rank, env.world_size,
-               kind, device.str(), d->impl_->my_host, env.master_addr, env.master_port,
+               kind, d->impl_->device.str(), d->impl_->my_host, env.master_addr, env.master_port,
                env.agent_store ? " hosted by the launcher" : "", timeout_s);
   g_dist = d;
   return d;
 }
+
+torch::Device Distributed::device() const { return impl_->device; }
 
 void Distributed::broadcast(std::vector<torch::Tensor> tensors) {
   for (auto& t : tensors) {

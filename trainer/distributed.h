@@ -55,6 +55,8 @@ class Distributed {
   int world_size() const { return world_; }
   bool is_main() const { return rank_ == 0; }
   const std::string& backend_name() const { return backend_name_; }
+  /// This rank's device: cuda:LOCAL_RANK (modulo the visible GPUs) when training on CUDA, else the CPU.
+  torch::Device device() const;
   double timeout_s() const { return timeout_s_; }
 
   /// In-place broadcast from rank 0 (one collective per tensor, in order).

@@ -192,6 +192,7 @@ TrainResult train(const TrainSpec& spec) {
   // Data parallelism (trainer/distributed.h): a process group when a launcher started this process.
   std::shared_ptr<Distributed> dist = Distributed::get(t.distributed_backend, t.distributed_timeout_s, device);
   const int64_t world = dist ? dist->world_size() : 1, rank = dist ? dist->rank() : 0;
+  if (dist) device = dist->device();  // cuda:LOCAL_RANK on a multi-GPU machine
   const bool is_main = rank == 0;  // rank 0 alone writes files
   if (is_main) fs::create_directories(spec.output_dir);
   torch::manual_seed(t.seed);
