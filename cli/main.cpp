@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "trainer/distributed.h"
 #include "trainer/logging.h"
 #include "config/memory_estimate.h"
 
@@ -31,6 +32,29 @@ void add_common(CLI::App* sub, Common& c, bool config_positional = false) {
   sub->add_option("-t,--threads", c.threads, "CPU threads for training and the packed kernels (same as --set "
                                              "train.threads=N; default: all cores)")
       ->check(CLI::Range(1, 4096));
+}
+
+/// --nproc-per-node for the training commands (built-in launcher, trainer/distributed.h).
+void add_nproc(CLI::App* sub, int& nproc) {
+  sub->add_option("--nproc-per-node", nproc,
+                  "data-parallel training: start N local ranks (Gloo on CPU, NCCL on CUDA), like torchrun "
+                  "--nproc-per-node N")
+      ->check(CLI::Range(1, 1024));
+}
+
+/// argv without --nproc-per-node N / --nproc-per-node=N: what each launched rank runs.
+std::vector<std::string> args_without_nproc(int argc, char** argv) {
+  std::vector<std::string> out;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--nproc-per-node") {
+      ++i;
+      continue;
+    }
+    if (a.rfind("--nproc-per-node=", 0) == 0) continue;
+    out.push_back(a);
+  }
+  return out;
 }
 
 /// --activation-bits for the packed runtime's int8 speed mode (eval, generate).
@@ -65,6 +89,8 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Run the pipeline a config names (prepare-data → teacher → distill → export "
                                         "→ eval), each stage in the run directory");
   add_common(run, common, true);
+  int nproc = 0;
+  add_nproc(run, nproc);
 
   auto* prep = app.add_subcommand("prepare-data", "Corpus → tokenizer → train/val token shards");
   add_common(prep, common);
@@ -72,10 +98,12 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "Train a model (QAT when quant.weight is binary/ternary, full precision "
                                             "when none)");
   add_common(train, common);
+  add_nproc(train, nproc);
 
   auto* distill = app.add_subcommand("distill", "Distill a 1-bit student from a teacher (bitforge or Hugging Face "
                                                 "checkpoint, distill.teacher)");
   add_common(distill, common);
+  add_nproc(distill, nproc);
 
   std::string checkpoint, output;
   auto* exp = app.add_subcommand("export", "Checkpoint → packed native .safetensors and/or GGUF");
@@ -148,6 +176,8 @@ int main(int argc, char** argv) {
       common.overrides.push_back(std::string("export.hf=") + (has("hf") ? "true" : "false"));
     }
     auto ctx = make_context(common);
+    if (nproc > 0 && (run->parsed() || train->parsed() || distill->parsed()))
+      return bitforge::launch_local_ranks(nproc, args_without_nproc(argc, argv), ctx.config.train.distributed_timeout_s);
     if (run->parsed()) return bitforge::cli::cmd_run(ctx);
     if (prep->parsed()) return bitforge::cli::cmd_prepare_data(ctx);
     if (train->parsed()) return bitforge::cli::cmd_train(ctx);

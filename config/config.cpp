@@ -418,7 +418,11 @@ std::vector<Section> schema(Config& c) {
         int_field("eval_steps", c.train.eval_steps, 0), int_field("eval_batches", c.train.eval_batches, 1),
         int_field("save_steps", c.train.save_steps, 0), int_field("save_total_limit", c.train.save_total_limit, 1),
         string_field("resume_from_checkpoint", c.train.resume_from_checkpoint),
-        enum_field("on_nonfinite", c.train.on_nonfinite), bool_field("skip_memory_check", c.train.skip_memory_check)}},
+        enum_field("on_nonfinite", c.train.on_nonfinite),
+        string_field("distributed_backend", c.train.distributed_backend, {"auto", "gloo", "nccl"}),
+        double_field("distributed_timeout_s", c.train.distributed_timeout_s, 0, kInf, true),
+        int_field("zero_stage", c.train.zero_stage, 0, 1), int_field("ddp_bucket_mb", c.train.ddp_bucket_mb, 1, 1 << 16),
+        bool_field("skip_memory_check", c.train.skip_memory_check)}},
       {"distill",
        {string_field("teacher", c.distill.teacher), enum_field("student_init", c.distill.student_init),
         double_field("alpha_ce", c.distill.alpha_ce, 0, kInf), double_field("alpha_kd", c.distill.alpha_kd, 0, kInf),
@@ -603,6 +607,8 @@ void validate(const Config& c, const std::string& src) {
     bad("model.vocab_size", fmt::format("({}) is smaller than data.vocab_size ({}); set it to 0 to follow the tokenizer",
                                         m.vocab_size, c.data.vocab_size));
   const auto& t = c.train;
+  if (t.distributed_backend == "nccl" && t.device == "cpu")
+    bad("train.distributed_backend", "nccl needs train.device cuda or auto (train.device is cpu); use gloo or auto");
   if (t.seq_len > m.max_position_embeddings)
     bad("train.seq_len", fmt::format("({}) exceeds model.max_position_embeddings ({})", t.seq_len,
                                      m.max_position_embeddings));

@@ -78,6 +78,12 @@ struct TrainConfig {
   std::string resume_from_checkpoint;  ///< "" | auto | PATH
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   bool skip_memory_check = false;      ///< experts: allocate even when the estimate exceeds available memory
+  // Data parallelism (trainer/distributed.h): the world comes from the launcher's environment (RANK,
+  // WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: torchrun or `--nproc-per-node N`).
+  std::string distributed_backend = "auto";  ///< auto (NCCL on CUDA, Gloo on CPU) | gloo | nccl
+  double distributed_timeout_s = 300;        ///< a collective waiting longer fails, naming the missing rank
+  int64_t zero_stage = 0;                    ///< 0: replicated AdamW; 1: AdamW moments sharded across ranks
+  int64_t ddp_bucket_mb = 25;                ///< gradient all-reduce bucket size (MiB), like DDP's bucket_cap_mb
 };
 
 // ----------------------------------------------------------------------------------------------------------

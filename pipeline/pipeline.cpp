@@ -20,6 +20,7 @@
 #include "data/prepare.h"
 #include "trainer/checkpoint.h"
 #include "trainer/distill.h"
+#include "trainer/distributed.h"
 #include "trainer/hf_checkpoint.h"
 #include "trainer/logging.h"
 #include "trainer/train.h"
@@ -59,7 +60,14 @@ data::PrepareDataOptions prepare_options(const RunContext& ctx) {
 
 Prepared ensure_data(RunContext& ctx) {
   Prepared p;
+  // Data parallel: rank 0 prepares (or reuses) the data while the other ranks wait, then they reuse it.
+  auto dist = distributed_env().present
+                  ? Distributed::get(ctx.config.train.distributed_backend, ctx.config.train.distributed_timeout_s,
+                                     select_device(ctx.config.train))
+                  : nullptr;
+  if (dist && !dist->is_main()) dist->barrier();
   p.data = data::prepare_data(prepare_options(ctx));
+  if (dist && dist->is_main()) dist->barrier();
   p.tokenizer = data::load_tokenizer(p.data.tokenizer_path);
   if (ctx.config.model.vocab_size == 0) ctx.config.model.vocab_size = p.tokenizer->vocab_size();
   if (ctx.config.model.vocab_size < p.tokenizer->vocab_size())
@@ -71,6 +79,7 @@ Prepared ensure_data(RunContext& ctx) {
 }
 
 void begin_run(RunContext& ctx) {
+  if (distributed_env().rank != 0) return;  // rank 0 alone writes files
   fs::create_directories(ctx.run_dir);
   add_log_file(ctx.run_dir);
   save_config(ctx.config, (fs::path(ctx.run_dir) / "config.yaml").string());
@@ -264,6 +273,7 @@ void run(RunContext& ctx) {
     return std::find(ctx.config.run.stages.begin(), ctx.config.run.stages.end(), s) != ctx.config.run.stages.end();
   };
   auto p = ensure_data(ctx);
+  if (distributed_env().rank == 0)
   save_config(ctx.config, (fs::path(ctx.run_dir) / "config.yaml").string());  // with the resolved vocab
   std::vector<Row> rows;
   const fs::path teacher_dir = fs::path(ctx.run_dir) / "teacher";
@@ -285,6 +295,7 @@ void run(RunContext& ctx) {
     rows.push_back({"student distilled", r.train.parameters, r.train.tokens, r.student.perplexity, r.kl, r.top1,
                     r.train.wall_seconds, r.train.checkpoint_dir});
   }
+  if (distributed_env().rank != 0) return;  // the other ranks only train: rank 0 exports, evaluates, summarises
   if (has("export") && !rows.empty()) {
     const std::string src = rows.back().path;  // the last trained model: the distilled student when there is one
     export_checkpoint(ctx, src, (fs::path(ctx.run_dir) / "export").string(), p.data.val_path);

@@ -207,3 +207,24 @@ TEST(ConfigRoundTrip, SaveIsAtomicAndReloads) {
   EXPECT_EQ(to_yaml(c), to_yaml(d));
   std::filesystem::remove_all(dir);
 }
+
+// Data parallelism (issue #15).
+TEST(ConfigDistributed, DefaultsAndValues) {
+  Config d = parse_config("", "test.yaml", {});
+  EXPECT_EQ(d.train.distributed_backend, "auto");
+  EXPECT_DOUBLE_EQ(d.train.distributed_timeout_s, 300);
+  EXPECT_EQ(d.train.zero_stage, 0);
+  EXPECT_EQ(d.train.ddp_bucket_mb, 25);
+  Config c = parse_config("train: {distributed_backend: gloo, distributed_timeout_s: 12.5, zero_stage: 1, ddp_bucket_mb: 4}\n",
+                          "test.yaml", {});
+  EXPECT_EQ(c.train.distributed_backend, "gloo");
+  EXPECT_DOUBLE_EQ(c.train.distributed_timeout_s, 12.5);
+  EXPECT_EQ(c.train.zero_stage, 1);
+  EXPECT_EQ(c.train.ddp_bucket_mb, 4);
+}
+TEST(ConfigDistributed, Errors) {
+  EXPECT_ERROR_HAS("train: {distributed_backend: mpi}\n", "train.distributed_backend");
+  EXPECT_ERROR_HAS("train: {zero_stage: 2}\n", "train.zero_stage");
+  EXPECT_ERROR_HAS("train: {distributed_timeout_s: 0}\n", "train.distributed_timeout_s");
+  EXPECT_ERROR_HAS("train: {distributed_backend: nccl, device: cpu}\n", "train.distributed_backend", "nccl needs");
+}

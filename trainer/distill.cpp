@@ -9,6 +9,7 @@
 
 #include "data/hf_tokenizer.h"
 #include "trainer/checkpoint.h"
+#include "trainer/distributed.h"
 #include "trainer/hf_checkpoint.h"
 #include "trainer/losses.h"
 
@@ -115,7 +116,9 @@ Transformer load_teacher(const std::string& path, const data::Tokenizer& tokeniz
 DistillResult run_distillation(const Config& cfg_in, const std::string& teacher_path, const std::string& out_dir,
                                const std::string& train_shard, const std::string& val_shard,
                                std::shared_ptr<data::Tokenizer> tokenizer) {
-  const torch::Device device = select_device(cfg_in.train);
+  torch::Device device = select_device(cfg_in.train);
+  if (auto dist = Distributed::get(cfg_in.train.distributed_backend, cfg_in.train.distributed_timeout_s, device))
+    device = dist->device();  // the teacher on this rank's GPU
   ModelConfig shape;
   Transformer teacher = load_teacher(teacher_path, *tokenizer, device, &shape);
   Config cfg = cfg_in;
@@ -216,6 +219,7 @@ DistillResult run_distillation(const Config& cfg_in, const std::string& teacher_
 
   DistillResult r;
   r.train = train(spec);
+  if (auto dist = Distributed::current(); dist && !dist->is_main()) return r;  // rank 0 evaluates and reports
   data::SequentialLoader val(val_shard, cfg.eval.batch_size, cfg.eval.seq_len, cfg.eval.max_batches);
   auto student = load_model(r.train.checkpoint_dir);
   student.model->to(device);

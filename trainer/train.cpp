@@ -12,9 +12,11 @@
 #include <fmt/format.h>
 
 #include "trainer/checkpoint.h"
+#include "trainer/distributed.h"
 #include "trainer/logging.h"
 #include "config/memory_estimate.h"
 #include "trainer/losses.h"
+#include "trainer/zero.h"
 
 namespace fs = std::filesystem;
 
@@ -61,6 +63,14 @@ struct Batch {
 
 Batch to_batch(const std::vector<int32_t>& ids, int64_t rows, int64_t seq_len, const torch::Device& device) {
   auto t = torch::from_blob(const_cast<int32_t*>(ids.data()), {rows, seq_len + 1}, torch::kInt).to(torch::kLong);
+  return {t.slice(1, 0, seq_len).contiguous().to(device), t.slice(1, 1, seq_len + 1).contiguous().to(device)};
+}
+
+/// Rows [first, first + rows) of a global batch of windows (this rank's share).
+Batch rank_rows(const std::vector<int32_t>& ids, int64_t first, int64_t rows, int64_t seq_len,
+                const torch::Device& device) {
+  auto t = torch::from_blob(const_cast<int32_t*>(ids.data()) + first * (seq_len + 1), {rows, seq_len + 1}, torch::kInt)
+               .to(torch::kLong);
   return {t.slice(1, 0, seq_len).contiguous().to(device), t.slice(1, 1, seq_len + 1).contiguous().to(device)};
 }
 
@@ -178,9 +188,14 @@ TrainResult train(const TrainSpec& spec) {
   const Config& cfg = spec.config;
   const TrainConfig& t = cfg.train;
   const auto t_start = std::chrono::steady_clock::now();
-  fs::create_directories(spec.output_dir);
   const std::string ckpt_dir = (fs::path(spec.output_dir) / "checkpoints").string();
   torch::Device device = select_device(t);
+  // Data parallelism (trainer/distributed.h): a process group when a launcher started this process.
+  std::shared_ptr<Distributed> dist = Distributed::get(t.distributed_backend, t.distributed_timeout_s, device);
+  const int64_t world = dist ? dist->world_size() : 1, rank = dist ? dist->rank() : 0;
+  if (dist) device = dist->device();  // cuda:LOCAL_RANK on a multi-GPU machine
+  const bool is_main = rank == 0;  // rank 0 alone writes files
+  if (is_main) fs::create_directories(spec.output_dir);
   torch::manual_seed(t.seed);
   // Before allocating: the model, gradients, AdamW moments and activations must fit (config/memory_estimate.h).
   check_memory(estimate_training_memory(cfg), "training stage '" + spec.stage + "'", t.skip_memory_check);
@@ -204,10 +219,14 @@ TrainResult train(const TrainSpec& spec) {
   plain_opts.weight_decay(0.0);
   groups.emplace_back(plain, std::make_unique<torch::optim::AdamWOptions>(plain_opts));
   torch::optim::AdamW optimizer(groups, opts);
+  std::unique_ptr<ZeroAdamW> zero;
+  if (t.zero_stage == 1) zero = std::make_unique<ZeroAdamW>(optimizer, dist);
 
   auto shard = std::make_shared<data::ShardReader>(spec.train_shard);
   shard->expect_vocab_size(cfg.model.vocab_size);
-  data::TokenLoader loader(shard, t.per_device_train_batch_size, t.seq_len, t.seed);
+  // One loader over the global batch (world × per-device rows); rank r takes rows [r·B, (r+1)·B) of every
+  // micro-batch, so the shares are disjoint and the cursor is the global position, the same at any world size.
+  data::TokenLoader loader(shard, t.per_device_train_batch_size * world, t.seq_len, t.seed);
   auto val_shard = std::make_shared<data::ShardReader>(spec.val_shard);
   val_shard->expect_vocab_size(cfg.model.vocab_size);
   data::SequentialLoader val_loader(val_shard, cfg.eval.batch_size, cfg.eval.seq_len, cfg.eval.max_batches);
@@ -232,34 +251,55 @@ TrainResult train(const TrainSpec& spec) {
     start_step = st.at("step").get<int64_t>();
     tokens_seen = st.value("tokens_seen", int64_t{0});
     try {
-      loader.restore(st.at("loader").get<data::LoaderState>());
+      auto cursor = st.at("loader").get<data::LoaderState>();
+      cursor.batch_size = loader.batch_size();  // windows are the unit: resumes at another world size too
+      loader.restore(cursor);
     } catch (const nlohmann::json::exception& e) {
       throw CheckpointError(*resume + "/trainer_state.json: \"loader\" is missing or malformed: " + e.what());
     }
+    if (zero) zero->load_state();
     for (auto& bl : model->bit_linears()) bl->restore_step(start_step);
     spdlog::info("[{}] resumed from {} at step {} ({} tokens seen)", spec.stage, *resume, start_step, tokens_seen);
   } else if (spec.init) {
     spec.init(model);
   }
 
+  if (dist) {  // every replica starts from rank 0's weights and quantizer state (DDP's initial broadcast)
+    torch::NoGradGuard ng;
+    std::vector<torch::Tensor> state;
+    for (auto& p : model->parameters()) state.push_back(p.detach());
+    for (auto& b : model->buffers()) state.push_back(b);
+    dist->broadcast(state);
+  }
   MetricsLog metrics((fs::path(spec.output_dir) / "metrics.jsonl").string(), resume ? start_step : -1,
-                     cfg.logging.json_metrics);
+                     cfg.logging.json_metrics && is_main);
   LossFn loss_fn = spec.loss ? spec.loss
                              : LossFn([](Transformer& m, const torch::Tensor& in, const torch::Tensor& labels,
                                          std::map<std::string, double>&) { return token_cross_entropy(m->forward(in), labels); });
 
-  const int64_t tokens_per_step = t.per_device_train_batch_size * t.seq_len * t.gradient_accumulation_steps;
+  const int64_t tokens_per_step = t.per_device_train_batch_size * t.seq_len * t.gradient_accumulation_steps * world;
   spdlog::info("[{}] {} parameters, {} on {}, {} steps × {} tokens, peak lr {}, output {}", spec.stage, n_params,
                cfg.quant.enabled() ? "QAT" : "full precision", device.str(), t.max_steps, tokens_per_step,
                t.learning_rate, spec.output_dir);
+  if (dist)
+    spdlog::info("[{}] data parallel: {} ranks ({}) × {} rows × {} accumulation steps = global batch {}, zero_stage {}",
+                 spec.stage, world, dist->backend_name(), t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                 t.per_device_train_batch_size * world * t.gradient_accumulation_steps, t.zero_stage);
 
   TrainResult result;
   result.parameters = n_params;
-  std::vector<int32_t> ids(static_cast<size_t>(t.per_device_train_batch_size * (t.seq_len + 1)));
+  std::vector<int32_t> ids(static_cast<size_t>(t.per_device_train_batch_size * world * (t.seq_len + 1)));
   auto window_start = std::chrono::steady_clock::now();
   int64_t window_tokens = 0, window_steps = 0, steps_this_run = 0;
   double window_loss = 0;
   std::vector<torch::Tensor> params = model->parameters();
+  // Gradient all-reduce: c10d's Reducer, bucketed and overlapped with the backward pass of the last micro-step.
+  std::unique_ptr<Distributed::GradSync> grad_sync;
+  if (dist) {
+    std::vector<std::string> names;
+    for (auto& p : model->named_parameters()) names.push_back(p.key());
+    grad_sync = dist->make_grad_sync(params, names, t.ddp_bucket_mb);
+  }
 
   auto save = [&](int64_t step) {
     nlohmann::json st;
@@ -267,11 +307,19 @@ TrainResult train(const TrainSpec& spec) {
     st["loader"] = loader.state();
     st["stage"] = spec.stage;
     CheckpointPayload payload{step, st, &cfg, spec.tokenizer.get()};
-    result.checkpoint_dir = save_checkpoint(ckpt_dir, model, &optimizer, payload, t.save_total_limit);
-    spdlog::info("[{}] checkpoint {}", spec.stage, result.checkpoint_dir);
+    if (zero) zero->gather_state();  // collective: the full moments, written in the zero_stage 0 format
+    if (is_main) {
+      result.checkpoint_dir = save_checkpoint(ckpt_dir, model, &optimizer, payload, t.save_total_limit);
+      spdlog::info("[{}] checkpoint {}", spec.stage, result.checkpoint_dir);
+    }
+    if (zero) zero->clear_state();
   };
 
+  // With a process group, a failure inside a step (a lost or hung rank) becomes a DistributedError naming the rank.
+  int64_t step_now = start_step;
+  try {
   for (int64_t step = start_step; step < t.max_steps; ++step) {
+    step_now = step;
     const double lr = lr_at(t, step);
     for (size_t gi = 0; gi < optimizer.param_groups().size(); ++gi) {
       auto& o = static_cast<torch::optim::AdamWOptions&>(optimizer.param_groups()[gi].options());
@@ -283,14 +331,23 @@ TrainResult train(const TrainSpec& spec) {
     std::map<std::string, double> parts;
     for (int64_t micro = 0; micro < t.gradient_accumulation_steps; ++micro) {
       loader.next_batch(ids.data());
-      auto b = to_batch(ids, t.per_device_train_batch_size, t.seq_len, device);
+      auto b = rank_rows(ids, rank * t.per_device_train_batch_size, t.per_device_train_batch_size, t.seq_len, device);
       torch::Tensor loss;
       {
         AutocastGuard ac(t.bf16, device);
         loss = loss_fn(model, b.input, b.labels, parts);
       }
+      if (grad_sync && micro == t.gradient_accumulation_steps - 1) grad_sync->arm();  // all-reduce on the last only
       (loss / static_cast<double>(t.gradient_accumulation_steps)).backward();
       step_loss += loss.item<double>() / static_cast<double>(t.gradient_accumulation_steps);
+    }
+    if (dist) {  // the global loss (mean of the ranks' means: equal rows per rank) and loss parts, for logs and guard
+      std::vector<double> v{step_loss};
+      for (auto& [k, x] : parts) v.push_back(x);
+      v = dist->all_reduce_mean(v);
+      step_loss = v[0];
+      size_t i = 1;
+      for (auto& [k, x] : parts) x = v[i++];
     }
     double gnorm = t.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(params, t.max_grad_norm)
                                        : torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
@@ -305,8 +362,19 @@ TrainResult train(const TrainSpec& spec) {
       tokens_seen += tokens_per_step;
       continue;
     }
-    optimizer.step();
+    if (zero)
+      zero->step();
+    else
+      optimizer.step();
     for (auto& bl : model->bit_linears()) bl->on_step(step + 1);
+    if (dist && cfg.quant.enabled() && cfg.quant.anchor_fraction > 0 && cfg.quant.anchor_update_steps > 0 &&
+        (step + 1) % cfg.quant.anchor_update_steps == 0) {
+      // Anchors re-selected on this step: rank 0's choice everywhere (saliency statistics are per-rank data).
+      std::vector<torch::Tensor> anchors;
+      for (auto& bl : model->bit_linears())
+        if (bl->anchor_index.defined() && bl->anchor_index.numel() > 0) anchors.push_back(bl->anchor_index);
+      dist->broadcast(anchors);
+    }
     ckpt::crash_point("train:after-step");  // testing: BITFORGE_CRASH_AT=train:after-step:N
     tokens_seen += tokens_per_step;
     window_tokens += tokens_per_step;
@@ -351,10 +419,28 @@ TrainResult train(const TrainSpec& spec) {
   spdlog::info("[{}] final val loss {:.4f} | val perplexity {:.2f} ({} tokens)", spec.stage, result.val.loss,
                result.val.perplexity, result.val.tokens);
   save(t.max_steps);
+  if (dist) dist->barrier();  // the final checkpoint exists before any rank moves on
+  } catch (const DistributedError&) {
+    throw;
+  } catch (const NonFiniteError&) {
+    throw;
+  } catch (const std::exception& e) {
+    if (!dist) throw;
+    dist->rethrow_naming_peers(e, fmt::format("[{}] step {}", spec.stage, step_now + 1));
+  }
+  if (dist && std::getenv("BITFORGE_DDP_PROFILE")) {
+    // What the gradient all-reduce costs: one all-reduce of the whole gradient, timed alone, vs the mean step.
+    const double ar = dist->time_all_reduce(n_params, 10);
+    const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() /
+                          std::max<int64_t>(1, steps_this_run);
+    spdlog::info("[{}] all-reduce of the {:.1f} MiB gradient: {:.2f} ms ({} ranks, {}); mean step {:.1f} ms; "
+                 "all-reduce share of a step <= {:.1f}%", spec.stage, n_params * 4 / 1048576.0, ar * 1e3, world,
+                 dist->backend_name(), step_s * 1e3, 100 * ar / step_s);
+  }
   result.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   result.tokens_per_second =
       result.wall_seconds > 0 ? static_cast<double>(steps_this_run * tokens_per_step) / result.wall_seconds : 0;
-  if (cfg.logging.plot && cfg.logging.json_metrics)
+  if (cfg.logging.plot && cfg.logging.json_metrics && is_main)
     plot_loss_curve(metrics.path(), (fs::path(spec.output_dir) / "loss.png").string(), spec.stage + " loss");
   return result;
 }
