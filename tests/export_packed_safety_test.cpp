@@ -27,7 +27,7 @@ PackedModel model_without_anchors() {
   m.tokenizer_kind = "byte";
   m.tokenizer = {1, 2, 3};
   m.layers["model.layers.0.mlp.up_proj.weight"] =
-      pack_layer(Quantizer::binary, Granularity::tensor, in, out, in, codes.data(), scales.data());
+      pack_layer(bitforge::WeightQuantizer::binary, bitforge::ScaleGranularity::tensor, in, out, in, codes.data(), scales.data());
   std::vector<float> emb(8 * in, 0.25f), norm(in, 1.0f);
   PackedTensor e{Dtype::F32, {8, uint64_t(in)}, {}};
   e.bytes.resize(emb.size() * 4);
