@@ -27,8 +27,9 @@ void add_common(CLI::App* sub, Common& c, bool config_positional = false) {
       ->take_all();
   sub->add_option("--log-level", c.log_level, "trace | debug | info | warn | error (default: logging.level)");
   sub->add_option("-t,--threads", c.threads, "CPU threads for training and the packed kernels (same as --set "
-                                             "train.threads=N; default: all cores)")
-      ->check(CLI::Range(1, 4096));
+                                             "train.threads=N; 0 = all cores, which stays fast beside other jobs: "
+                                             "idle OpenMP workers sleep instead of spinning)")
+      ->check(CLI::Range(0, 4096));
 }
 
 /// --activation-bits for the packed runtime's int8 speed mode (eval, generate).
@@ -56,11 +57,15 @@ bitforge::cli::RunContext make_context(const Common& c) {
 int main(int argc, char** argv) {
   CLI::App app{"bitforge: quantization-aware training, distillation and deployment of 1-bit language models"};
   app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();  // --help shows every option's default
   app.set_version_flag("--version", "bitforge 0.1.0");
   Common common;
 
-  auto* run = app.add_subcommand("run", "Run the pipeline a config names (prepare-data → teacher → distill → export "
-                                        "→ eval), each stage in the run directory");
+  auto* run = app.add_subcommand(
+      "run", "Run the stages the config lists in run.stages, in order, in the run directory <run.output_dir>/<run.name>."
+             " Stages: prepare-data (corpus → tokenizer → train/val token shards), teacher (full-precision model), "
+             "train (QAT student from scratch), distill (1-bit student from the teacher), export (packed .safetensors "
+             "+ GGUF), eval (every trained model on the same val windows; summary table and summary.json)");
   add_common(run, common, true);
 
   auto* prep = app.add_subcommand("prepare-data", "Corpus → tokenizer → train/val token shards");
@@ -77,7 +82,8 @@ int main(int argc, char** argv) {
   std::string checkpoint, output;
   auto* exp = app.add_subcommand("export", "Checkpoint → packed native .safetensors and/or GGUF");
   add_common(exp, common);
-  exp->add_option("--checkpoint", checkpoint, "checkpoint directory (default: the run's latest student)");
+  exp->add_option("--checkpoint", checkpoint, "checkpoint directory (default: the run's latest student)")
+      ->check(CLI::ExistingPath);
   exp->add_option("-o,--output", output, "output directory (default: <run_dir>/export)");
 
   std::string model_path, reference;
@@ -85,8 +91,10 @@ int main(int argc, char** argv) {
   auto* ev = app.add_subcommand("eval", "Perplexity of a checkpoint or packed file; KL and top-1 agreement against "
                                         "a reference model");
   add_common(ev, common);
-  ev->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")->required();
-  ev->add_option("--reference", reference, "reference model for KL / top-1 agreement");
+  ev->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")
+      ->required()
+      ->check(CLI::ExistingPath);
+  ev->add_option("--reference", reference, "reference checkpoint for KL / top-1 agreement")->check(CLI::ExistingPath);
   ev->add_flag("--json", json, "print the result as JSON");
   int eval_act_bits = 0;
   add_activation_bits(ev, eval_act_bits);
@@ -97,9 +105,13 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   auto* gen = app.add_subcommand("generate", "Generate text from a checkpoint or packed file (KV cache)");
   add_common(gen, common);
-  gen->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")->required();
+  gen->add_option("-m,--model", model_path, "checkpoint directory or packed .safetensors")
+      ->required()
+      ->check(CLI::ExistingPath);
   gen->add_option("-p,--prompt", prompt, "prompt text")->required();
-  gen->add_option("-n,--max-new-tokens", max_new, "tokens to generate")->check(CLI::Range(1, 1 << 20));
+  gen->add_option("-n,--max-new-tokens", max_new,
+                  "tokens to generate (at most up to the model's context, max_position_embeddings; says so when it "
+                  "stops there)")->check(CLI::Range(1, 1 << 20));
   gen->add_option("--temperature", temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
   gen->add_option("--top-k", top_k, "0 = off")->check(CLI::NonNegativeNumber);
   gen->add_option("--top-p", top_p, "nucleus sampling, 1 = off")->check(CLI::Range(0.0, 1.0));
@@ -110,14 +122,15 @@ int main(int argc, char** argv) {
   std::string inspect_path;
   auto* insp = app.add_subcommand("inspect", "What a checkpoint / packed / GGUF file holds: tensors, types, bits per "
                                              "weight, sizes");
-  insp->add_option("path", inspect_path, "file or checkpoint directory")->required();
+  insp->add_option("path", inspect_path, "file or checkpoint directory")->required()->check(CLI::ExistingPath);
   insp->add_flag("--json", json, "print as JSON");
   insp->add_option("--log-level", common.log_level, "log level");
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help / --version exit 0; every usage error exits 2, as the README promises (CLI11's own codes are 100+)
+    return app.exit(e) == 0 ? 0 : 2;
   }
 
   try {
