@@ -3,13 +3,30 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
+
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "trainer/logging.h"
 
 namespace {
+
+/// OpenMP (the libgomp LibTorch's CPU kernels run on) reads its wait policy once, when the library loads, before
+/// main(). Its default lets idle workers spin after every parallel region (GOMP_SPINCOUNT 300,000 polls); beside
+/// another job on the same cores those spinning threads compete with the ones that have work, and decoding the
+/// default model on 2 cores fell from 3,000 to 63 tokens/s (issue #16). Unless the user chose a policy
+/// (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), bitforge re-executes itself once with OMP_WAIT_POLICY=passive: idle
+/// workers sleep at once, as llama.cpp's threads do after a short poll, so `-t` can stay "all cores" and still
+/// degrade gracefully under load (README "Threads" has the measurements). If the re-exec fails, the run goes on
+/// with the default policy.
+void prefer_passive_openmp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  ::execv("/proc/self/exe", argv);  // returns only on failure
+}
 
 struct Common {
   std::string config_path;
@@ -55,6 +72,7 @@ bitforge::cli::RunContext make_context(const Common& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  prefer_passive_openmp_wait(argv);
   CLI::App app{"bitforge: quantization-aware training, distillation and deployment of 1-bit language models"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();  // --help shows every option's default
