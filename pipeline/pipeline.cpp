@@ -391,9 +391,8 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
     return j;
   }
   auto lm = load_model(model_path);
-  if (ctx.config_path.empty()) {  // no config given: the checkpoint carries the data and eval settings it was made with
+  if (ctx.config_path.empty()) {  // no config file: the checkpoint carries the data settings it was trained on
     ctx.config.data = lm.config.data;
-    ctx.config.eval = lm.config.eval;
     ctx.config.run.output_dir = lm.config.run.output_dir;
     ctx.config.run.name = lm.config.run.name;
     ctx.config.train.seed = lm.config.train.seed;

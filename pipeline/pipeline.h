@@ -71,8 +71,8 @@ std::string export_stage(RunContext& ctx, const std::string& checkpoint, const s
 /// [reference, kl, top1_agreement], [resident_weight_bytes, fp16_bytes]}.
 /// Writes nothing. The model carries its tokenizer: the val windows come from the config's prepared data when its
 /// tokenizer is the model's, else from the config's corpus split and encoded in memory with the model's tokenizer
-/// (val_data says which). Without a config file (ctx.config_path empty) a checkpoint's own data and eval settings
-/// are used. Throws std::runtime_error naming the path when the model or reference does not exist, and when
+/// (val_data says which). Without a config file (ctx.config_path empty) a checkpoint's own data settings (corpus,
+/// split, run directory) are used. Throws std::runtime_error naming the path when the model or reference does not exist, and when
 /// neither prepared data nor the corpus is available.
 nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, const std::string& reference,
                               int activation_bits = 0);
