@@ -62,7 +62,7 @@ for sub in ["run", "prepare-data", "train", "distill", "export", "eval", "genera
         for stage in ["prepare-data", "teacher", "train", "distill", "export", "eval"]:
             check(f"run --help names stage {stage}", stage in r.stdout)
     if sub == "generate":
-        check("generate --help shows defaults", "64" in r.stdout and "[1]" in r.stdout, r.stdout)
+        check("generate --help shows defaults", "=64" in r.stdout and "=1\n" in r.stdout, r.stdout)
 
 r = run([BITFORGE, "eval"])
 check("missing required option exits 2", r.returncode == 2, f"rc {r.returncode}")
