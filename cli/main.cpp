@@ -175,6 +175,9 @@ int main(int argc, char** argv) {
   } catch (const bitforge::ConfigError& e) {
     spdlog::error("config error: {}", e.what());
     return 2;
+  } catch (const c10::Error& e) {  // LibTorch's message without its C++ stack trace
+    spdlog::error("{}", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return 1;

@@ -139,6 +139,15 @@ struct EvalData {
   std::string source;          ///< where the windows come from (the val shard's path or "<corpus> (in memory)")
 };
 
+/// eval.seq_len, at most the model's context (a checkpoint or packed file evaluated with default settings may have a
+/// shorter one than the default windows).
+int64_t eval_window(const RunContext& ctx, int64_t max_position_embeddings) {
+  if (ctx.config.eval.seq_len <= max_position_embeddings) return ctx.config.eval.seq_len;
+  spdlog::info("eval: windows of {} tokens, the model's context (eval.seq_len {} is longer)", max_position_embeddings,
+               ctx.config.eval.seq_len);
+  return max_position_embeddings;
+}
+
 EvalData eval_data_for(const RunContext& ctx, const data::Tokenizer& tok) {
   const std::string dir = data_dir(ctx);
   std::string why = "no prepared data in " + dir;
@@ -380,7 +389,7 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
       throw std::runtime_error("eval: the reference " + ref->checkpoint_dir + " has another tokenizer than " +
                                model_path);
     const auto ed = eval_data_for(ctx, *tok);
-    data::SequentialLoader val(ed.val, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
+    data::SequentialLoader val(ed.val, ctx.config.eval.batch_size, eval_window(ctx, rt->config().max_position_embeddings),
                                ctx.config.eval.max_batches);
     auto pe = runtime::evaluate_packed(*rt, val, ctx.config.eval.max_batches,
                                        ref ? reference_logits(ref->model) : runtime::ReferenceLogits{});
@@ -404,8 +413,8 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
   const torch::Device dev = select_device(ctx.config.train);
   lm.model->to(dev);
   const auto ed = eval_data_for(ctx, *lm.tokenizer);
-  data::SequentialLoader val(ed.val, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
-                             ctx.config.eval.max_batches);
+  data::SequentialLoader val(ed.val, ctx.config.eval.batch_size,
+                             eval_window(ctx, lm.model->config().max_position_embeddings), ctx.config.eval.max_batches);
   auto ev = evaluate(lm.model, val, ctx.config.eval.max_batches, dev);
   nlohmann::json j{{"model", lm.checkpoint_dir}, {"packed", false}, {"val_loss", ev.loss},
                    {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"unigram_val_perplexity", ed.unigram_ppl},
