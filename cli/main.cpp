@@ -1,5 +1,6 @@
 // bitforge: train, distill, export and run 1-bit language models. Command-line front end (CLI11).
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
