@@ -65,6 +65,6 @@ int run_bench(int argc, char** argv) {
 int main(int argc, char** argv) {
   return bitforge::bench::guarded_main(
       argc, argv,
-      "MODEL.packed.safetensors TOKENS.txt OUT.f32 [--threads N]\nWrites the packed runtime's logits [T, V] (raw float32) for one token-id sequence; prints "T V".\n",
+      "MODEL.packed.safetensors TOKENS.txt OUT.f32 [--threads N]\nWrites the packed runtime's logits [T, V] (raw float32) for one token-id sequence; prints \"T V\".\n",
       run_bench);
 }
