@@ -22,7 +22,8 @@ namespace {
 /// (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), bitforge re-executes itself once with OMP_WAIT_POLICY=passive: idle
 /// workers sleep at once, as llama.cpp's threads do after a short poll, so `-t` can stay "all cores" and still
 /// degrade gracefully under load (README "Threads" has the measurements). If the re-exec fails, the run goes on
-/// with the default policy.
+/// with the default policy. Called after parsing, for the commands that compute: the re-exec loads LibTorch a
+/// second time (~0.5 s).
 void prefer_passive_openmp_wait(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
@@ -73,7 +74,6 @@ bitforge::cli::RunContext make_context(const Common& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefer_passive_openmp_wait(argv);
   CLI::App app{"bitforge: quantization-aware training, distillation and deployment of 1-bit language models"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();  // --help shows every option's default
@@ -157,6 +157,7 @@ int main(int argc, char** argv) {
       bitforge::set_log_level(common.log_level.empty() ? "info" : common.log_level);
       return bitforge::cli::cmd_inspect(inspect_path, json);
     }
+    prefer_passive_openmp_wait(argv);  // the commands that compute (not --help, --version, inspect: ~0.5 s saved)
     auto ctx = make_context(common);
     if (run->parsed()) return bitforge::cli::cmd_run(ctx);
     if (prep->parsed()) return bitforge::cli::cmd_prepare_data(ctx);
