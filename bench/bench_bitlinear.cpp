@@ -29,6 +29,7 @@
 
 #include "kernels/bitlinear_ops.h"
 #include "trainer/bitlinear.h"
+#include "bench/bench_main.h"
 
 using namespace bitforge;
 
@@ -289,7 +290,8 @@ int run_cuda(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tok
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   int64_t features = 4096;
   std::vector<int64_t> token_counts;
   std::vector<std::pair<int64_t, int64_t>> shapes;
@@ -338,4 +340,12 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "bench_bitlinear: built without the CUDA kernels (BITFORGE_CUDA=OFF or no nvcc)\n");
   return 1;
 #endif
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "[--features 4096] [--tokens 512,2048] [--iters 3] [--threads N]\n       [--device cuda] [--shapes 4096x4096,...] [--tokens 8192] [--iters 20] [--warmup 3]\nBitLinear forward+backward vs torch::nn::Linear, measured in the same process (see bench/bench_bitlinear.cpp).\n",
+      run_bench);
 }

@@ -17,11 +17,13 @@
 #include "trainer/distill.h"
 #include "trainer/losses.h"
 #include "trainer/train.h"
+#include "bench/bench_main.h"
 
 namespace fs = std::filesystem;
 using namespace bitforge;
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s RUN_DIR [--steps N] [--config FILE]\n", argv[0]);
     return 2;
@@ -134,4 +136,12 @@ int main(int argc, char** argv) {
                 static_cast<long long>(base.train.per_device_train_batch_size * base.train.seq_len), qat, kd, kd / qat);
   }
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "RUN_DIR [--steps N] [--config FILE]\nDistillation study table and distillation vs QAT step time on a finished `bitforge run` directory.\n",
+      run_bench);
 }

@@ -16,8 +16,10 @@
 #include <vector>
 
 #include "runtime/packed_runtime.h"
+#include "bench/bench_main.h"
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr, "usage: bench_dump_packed_logits MODEL.packed.safetensors TOKENS.txt OUT.f32 [--threads N]\n");
     return 2;
@@ -57,4 +59,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "MODEL.packed.safetensors TOKENS.txt OUT.f32 [--threads N]\nWrites the packed runtime's logits [T, V] (raw float32) for one token-id sequence; prints \"T V\".\n",
+      run_bench);
 }

@@ -21,10 +21,12 @@
 
 #include "runtime/packed_runtime.h"
 #include "kernels/packed_gemv.h"
+#include "bench/bench_main.h"
 
 namespace rt = bitforge::runtime;
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s MODEL.packed.safetensors [-p P] [-n N] [-t THREADS] [-r REPS] [-a 0|8]\n", argv[0]);
     return 2;
@@ -98,4 +100,12 @@ int main(int argc, char** argv) {
     });
   }
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "MODEL.packed.safetensors [-p P] [-n N] [-t THREADS] [-r REPS] [-a 0|8]\nPacked runtime prompt processing (pp) and decode (tg) tokens/s, measured like llama-bench.\n",
+      run_bench);
 }

@@ -50,6 +50,7 @@
 #ifdef BITFORGE_WITH_GGML
 #include <ggml-cpu.h>
 #include <ggml.h>
+#include "bench/bench_main.h"
 #endif
 
 namespace bk = bitforge::kernels;
@@ -242,7 +243,8 @@ struct GgmlGemv {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   int threads = at::get_num_threads();
   double min_ms = 300;
   bool with_ref = true;
@@ -434,4 +436,12 @@ int main(int argc, char** argv) {
               "max|dy| = largest |y − exact| over the rows (exact: double-precision product with fp32 x; A8 rows and\n"
               "llama.cpp quantize x to 8 bits, so their error includes activation quantization).\n");
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "[--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] [--rounds R]\nPacked 1-bit/2-bit GEMV at 8B shapes vs llama.cpp, fp32 at::mv and the reference.\n",
+      run_bench);
 }

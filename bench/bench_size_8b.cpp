@@ -11,10 +11,12 @@
 
 #include "data/tokenizer.h"
 #include "export/model_export.h"
+#include "bench/bench_main.h"
 
 using namespace bitforge;
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   std::string out = "/tmp/bitforge-8b.packed.safetensors";
   int64_t layers = 36;
   for (int i = 1; i < argc; ++i) {
@@ -94,4 +96,12 @@ int main(int argc, char** argv) {
                 static_cast<long long>(bonsai), 8.0 * bonsai / rep.total_params,
                 static_cast<double>(rep.file_bytes) / bonsai);
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "[OUT=/tmp/bitforge-8b.packed.safetensors] [--layers N (default 36)]\nWrites a packed file of a Qwen3-8B-shaped binary model (random weights) and reports its size vs FP16 and Bonsai 8B.\n",
+      run_bench);
 }

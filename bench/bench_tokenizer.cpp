@@ -21,11 +21,13 @@
 
 #include "data/corpus.h"
 #include "data/tokenizer.h"
+#include "bench/bench_main.h"
 
 namespace fs = std::filesystem;
 using namespace bitforge::data;
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   std::string tokenizer = std::string(BITFORGE_BINARY_DIR) + "/tokenizer_fixtures/qwen";
   std::string corpus = kDefaultCorpusDir;
   int rounds = 5;
@@ -115,4 +117,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_tokenizer: %s\n", e.what());
     return 1;
   }
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "[--tokenizer DIR_OR_JSON] [--corpus DIR] [--rounds N] [--python PY]\nMB/s of bitforge's HF BPE tokenizer vs Hugging Face tokenizers on the default corpus.\n",
+      run_bench);
 }

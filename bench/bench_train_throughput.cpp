@@ -11,10 +11,12 @@
 
 #include "trainer/losses.h"
 #include "trainer/train.h"
+#include "bench/bench_main.h"
 
 using namespace bitforge;
 
-int main(int argc, char** argv) {
+namespace {
+int run_bench(int argc, char** argv) {
   std::string config = "configs/default.yaml";
   int steps = 8;
   for (int i = 1; i < argc; ++i) {
@@ -73,4 +75,12 @@ int main(int argc, char** argv) {
                 100 * flops_per_token * tok / s_q / 989e12);
   }
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(
+      argc, argv,
+      "[CONFIG=configs/default.yaml] [--steps N]\nTraining tokens/s of the QAT student vs the same model in full precision (MFU on GPU).\n",
+      run_bench);
 }

@@ -48,9 +48,11 @@ int cmd_eval(RunContext& ctx, const std::string& model_path, const std::string& 
   if (packed)
     extra += fmt::format("; resident weights {} bytes (FP16 {})", j["resident_weight_bytes"].get<int64_t>(),
                          j["fp16_bytes"].get<int64_t>());
-  spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {:.2f}){}", j["model"].get<std::string>(),
-               j["val_loss"].get<double>(), j["val_perplexity"].get<double>(), j["tokens"].get<int64_t>(),
-               j["unigram_val_perplexity"].get<double>(), extra);
+  const auto& u = j["unigram_val_perplexity"];
+  spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {}){}; val windows from {}",
+               j["model"].get<std::string>(), j["val_loss"].get<double>(), j["val_perplexity"].get<double>(),
+               j["tokens"].get<int64_t>(), u.is_number() ? fmt::format("{:.2f}", u.get<double>()) : "n/a", extra,
+               j.value("val_data", std::string("?")));
   return 0;
 }
 
@@ -70,9 +72,20 @@ int cmd_eval_text(RunContext& ctx, const std::string& model_path, const std::str
 
 int cmd_generate(RunContext& ctx, const std::string& model_path, const std::string& prompt,
                  const runtime::GenerationOptions& options, int activation_bits) {
-  const auto g = pipeline::generate_text(ctx, model_path, prompt, options, activation_bits);
-  std::printf("%s%s\n", prompt.c_str(), g.text.c_str());
+  // The prompt, then each piece of text as soon as its token is sampled (streaming), then a newline.
+  std::printf("%s", prompt.c_str());
+  std::fflush(stdout);
+  const auto g = pipeline::generate_text(ctx, model_path, prompt, options, activation_bits, [](const std::string& piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::printf("\n");
+  std::fflush(stdout);
   const auto& st = g.stats;
+  if (st.stopped_at_context)
+    spdlog::warn("generate: stopped after {} of the {} tokens asked for: the model's context "
+                 "(max_position_embeddings = {} tokens) is full after the {}-token prompt",
+                 st.generated_tokens, options.max_new_tokens, g.max_position_embeddings, st.prompt_tokens);
   spdlog::info("generate: prompt {} tokens in {:.1f} ms ({:.1f} tokens/s), decode {} tokens in {:.1f} ms ({:.1f} "
                "tokens/s){}; resident weights {} bytes (FP16 {})",
                st.prompt_tokens, st.prompt_seconds * 1e3, st.prompt_tokens_per_s(), st.generated_tokens - 1,

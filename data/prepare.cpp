@@ -192,6 +192,34 @@ PreparedData read_prepared_data(const std::string& dir) {
   return p;
 }
 
+EncodedSplits encode_splits(const PrepareDataOptions& options, const Tokenizer& tok) {
+  CorpusOptions co;
+  co.format = options.corpus_format;
+  co.path = options.corpus_path;
+  co.glob = options.glob;
+  co.text_field = options.text_field;
+  co.max_documents = options.max_documents;
+  const std::vector<Document> docs = read_corpus(co);
+  const auto val_idx = split_val_documents(docs.size(), options.val_fraction, options.seed);
+  std::vector<const Document*> split[2];  // 0 train, 1 val
+  for (std::size_t i = 0, k = 0; i < docs.size(); ++i) {
+    const bool is_val = k < val_idx.size() && val_idx[k] == i;
+    if (is_val) ++k;
+    split[is_val].push_back(&docs[i]);
+  }
+  auto frame = [&](const std::vector<const Document*>& part, const char* name) {
+    std::vector<int32_t> ids;
+    for (auto& enc : encode_all(tok, part, options.num_threads)) {
+      if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
+      ids.insert(ids.end(), enc.begin(), enc.end());
+      ids.push_back(tok.eos_id());
+    }
+    return ShardReader::from_tokens(std::move(ids), static_cast<uint32_t>(tok.vocab_size()), part.size(),
+                                    fmt::format("{} split of {} (in memory)", name, options.corpus_path));
+  };
+  return {frame(split[0], "train"), frame(split[1], "val")};
+}
+
 PreparedData prepare_data(const PrepareDataOptions& options) {
   const auto t_all = Clock::now();
   const nlohmann::json options_json = prepare_options_json(options);

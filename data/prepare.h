@@ -28,6 +28,7 @@
 
 #include "data/corpus.h"
 #include "data/error.h"
+#include "data/shard.h"
 #include "data/tokenizer.h"
 
 namespace bitforge::data {
@@ -79,6 +80,15 @@ std::vector<std::size_t> split_val_documents(std::size_t num_documents, double v
 // Runs the whole preparation (see top). Throws DataError from the corpus, tokenizer and shard layers, when
 // output_dir cannot be created, or when a pretrained tokenizer has no eos (documents need an end marker).
 PreparedData prepare_data(const PrepareDataOptions& options);
+
+// prepare_data's train/val split of the corpus `options` describe (same documents, same order, same bos … eos
+// framing), encoded with `tok` and held in memory: readers over what train.bin and val.bin would hold. Writes
+// nothing (options.output_dir, tokenizer and vocab_size are ignored): for evaluating a model that carries its own
+// tokenizer when no prepared data matches it. Throws DataError from the corpus and tokenizer layers.
+struct EncodedSplits {
+  ShardReader train, val;
+};
+EncodedSplits encode_splits(const PrepareDataOptions& options, const Tokenizer& tok);
 
 // Reads output_dir/meta.json and the file names in it. Throws DataError when missing or malformed.
 PreparedData read_prepared_data(const std::string& dir);

@@ -230,6 +230,25 @@ ShardReader::ShardReader(const std::string& path, const Options& options) : path
 
 ShardReader::~ShardReader() { unmap(); }
 
+ShardReader ShardReader::from_tokens(std::vector<int32_t> tokens, uint32_t vocab_size, uint64_t document_count,
+                                     const std::string& label) {
+  if (vocab_size == 0) throw DataError(fmt::format("{}: vocab_size must be > 0", label));
+  ShardReader r;
+  r.path_ = label;
+  r.owned_.resize(tokens.size());
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || static_cast<uint32_t>(tokens[i]) >= vocab_size)
+      throw DataError(fmt::format("{}: token {} is id {}, not in [0, {})", label, i, tokens[i], vocab_size));
+    r.owned_[i] = static_cast<uint32_t>(tokens[i]);
+  }
+  r.header_.token_bytes = 4;
+  r.header_.token_count = tokens.size();
+  r.header_.document_count = document_count;
+  r.header_.vocab_size = vocab_size;
+  r.payload_ = reinterpret_cast<const unsigned char*>(r.owned_.data());
+  return r;
+}
+
 void ShardReader::unmap() {
   if (map_) ::munmap(map_, map_size_);
   map_ = nullptr;
@@ -243,6 +262,7 @@ ShardReader::ShardReader(ShardReader&& other) noexcept
       map_(other.map_),
       map_size_(other.map_size_),
       payload_(other.payload_) {
+  owned_ = std::move(other.owned_);  // a vector's move keeps its buffer, so payload_ stays valid
   other.map_ = nullptr;
   other.payload_ = nullptr;
   other.map_size_ = 0;
@@ -256,6 +276,7 @@ ShardReader& ShardReader::operator=(ShardReader&& other) noexcept {
     map_ = other.map_;
     map_size_ = other.map_size_;
     payload_ = other.payload_;
+    owned_ = std::move(other.owned_);
     other.map_ = nullptr;
     other.payload_ = nullptr;
     other.map_size_ = 0;

@@ -84,7 +84,7 @@ class ShardWriter {
 ShardHeader write_shard(const std::string& path, const std::vector<std::vector<int32_t>>& documents,
                         const ShardWriter::Options& options);
 
-// Read-only memory map of a shard. Movable, not copyable.
+// Read-only memory map of a shard (or, from_tokens, the same view of tokens held in memory). Movable, not copyable.
 class ShardReader {
  public:
   struct Options {
@@ -97,6 +97,10 @@ class ShardReader {
   ShardReader& operator=(ShardReader&& other) noexcept;
   ShardReader(const ShardReader&) = delete;
   ShardReader& operator=(const ShardReader&) = delete;
+  // A reader over tokens held in memory (u32, no file): what a shard written from them would read back as.
+  // `label` stands for the path in error messages. Throws DataError for an id outside [0, vocab_size).
+  static ShardReader from_tokens(std::vector<int32_t> tokens, uint32_t vocab_size, uint64_t document_count,
+                                 const std::string& label);
 
   const std::string& path() const { return path_; }
   const ShardHeader& header() const { return header_; }
@@ -117,8 +121,10 @@ class ShardReader {
   void expect_tokenizer(uint32_t expected_fingerprint) const;
 
  private:
+  ShardReader() = default;
   void unmap();
   std::string path_;
+  std::vector<uint32_t> owned_;  // from_tokens: the payload (map_ stays null)
   ShardHeader header_;
   void* map_ = nullptr;
   std::size_t map_size_ = 0;

@@ -49,6 +49,47 @@ std::string gguf_value_str(const GgufValue& v) {
   }
 }
 
+/// A GGUF value as JSON of its own type: strings, numbers and booleans as such; arrays as {"type":
+/// "array[<element type>]", "length", "values" (when at most 64 elements)}.
+nlohmann::json gguf_value_json(const GgufValue& v) {
+  switch (v.type) {
+    case GgufType::STRING: return v.s;
+    case GgufType::ARRAY: {
+      nlohmann::json a{{"type", std::string("array[") + gguf_type_name(v.elem_type) + "]"}, {"length", v.elems.size()}};
+      if (v.elems.size() <= 64) {
+        a["values"] = nlohmann::json::array();
+        for (const auto& e : v.elems) a["values"].push_back(gguf_value_json(e));
+      }
+      return a;
+    }
+    case GgufType::FLOAT32:
+    case GgufType::FLOAT64: return v.f;
+    case GgufType::BOOL: return v.u != 0;
+    case GgufType::INT8:
+    case GgufType::INT16:
+    case GgufType::INT32:
+    case GgufType::INT64: return v.i;
+    default: return v.u;
+  }
+}
+
+/// Floating-point tensors are parameters; integer and boolean ones (a checkpoint's anchor indices, counters) are
+/// bookkeeping: counted in bytes, not in parameters or bits per weight.
+bool is_float_dtype(Dtype d) {
+  return d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F32 || d == Dtype::F64 || d == Dtype::F8_E5M2 ||
+         d == Dtype::F8_E4M3;
+}
+
+/// "3.25x smaller" / "2.00x larger": the file against FP16.
+std::string vs_fp16(double fp16_over_file) {
+  char b[64];
+  if (fp16_over_file >= 1.0 || fp16_over_file <= 0.0)
+    std::snprintf(b, sizeof b, "%.2fx smaller", fp16_over_file);
+  else
+    std::snprintf(b, sizeof b, "%.2fx larger", 1.0 / fp16_over_file);
+  return b;
+}
+
 void finish_totals(nlohmann::json& j) {
   uint64_t params = 0, bytes = 0;
   for (const auto& t : j["tensors"]) {
@@ -99,15 +140,19 @@ nlohmann::json inspect_safetensors(const SafetensorsFile& f) {
     j["metadata"] = meta;
   } else {
     j["kind"] = "safetensors";
-    for (const auto& t : f.tensors())
-      j["tensors"].push_back(tensor_entry(t.name, dtype_name(t.dtype), t.shape, t.numel(), t.data_end - t.data_begin));
+    for (const auto& t : f.tensors()) {
+      auto e = tensor_entry(t.name, dtype_name(t.dtype), t.shape, is_float_dtype(t.dtype) ? t.numel() : 0,
+                            t.data_end - t.data_begin);
+      if (!is_float_dtype(t.dtype)) e["elements"] = t.numel();  // not a parameter (indices, counters)
+      j["tensors"].push_back(e);
+    }
     j["metadata"] = md;
   }
   finish_totals(j);
   return j;
 }
 
-nlohmann::json inspect_gguf(const GgufFile& g, uint64_t file_bytes) {
+nlohmann::json inspect_gguf(const GgufFile& g, uint64_t file_bytes, bool json) {
   nlohmann::json j;
   j["path"] = g.path();
   j["kind"] = "gguf";
@@ -118,7 +163,7 @@ nlohmann::json inspect_gguf(const GgufFile& g, uint64_t file_bytes) {
     j["tensors"].push_back(tensor_entry(t.name, tr ? tr->name : "?", t.ne, t.numel(), t.nbytes));
   }
   nlohmann::json kv = nlohmann::json::object();
-  for (const auto& [k, v] : g.kv()) kv[k] = gguf_value_str(v);
+  for (const auto& [k, v] : g.kv()) kv[k] = json ? gguf_value_json(v) : nlohmann::json(gguf_value_str(v));
   j["metadata"] = kv;
   j["gguf_version"] = g.version();
   finish_totals(j);
@@ -153,11 +198,12 @@ std::string render_table(const nlohmann::json& j) {
   }
   std::snprintf(line, sizeof line,
                 "total: %llu params in %zu tensors, %llu tensor bytes (%.3f bits/weight); file %llu bytes vs FP16 %llu "
-                "bytes (%.2fx smaller)\n",
+                "bytes (%s)\n",
                 static_cast<unsigned long long>(j["total_params"].get<uint64_t>()), j["tensors"].size(),
                 static_cast<unsigned long long>(j["tensor_bytes"].get<uint64_t>()), j["bits_per_weight"].get<double>(),
                 static_cast<unsigned long long>(j["file_bytes"].get<uint64_t>()),
-                static_cast<unsigned long long>(j["fp16_bytes"].get<uint64_t>()), j["compression_vs_fp16"].get<double>());
+                static_cast<unsigned long long>(j["fp16_bytes"].get<uint64_t>()),
+                vs_fp16(j["compression_vs_fp16"].get<double>()).c_str());
   o << line;
   return o.str();
 }
@@ -175,7 +221,7 @@ std::string inspect_file(const std::string& path, bool json) {
   nlohmann::json j;
   if (size >= 4 && std::string(magic, 4) == "GGUF") {
     GgufFile g(path);
-    j = inspect_gguf(g, size);
+    j = inspect_gguf(g, size, json);
   } else {
     SafetensorsFile f(path);  // throws FormatError when it is not a safetensors file either
     j = inspect_safetensors(f);

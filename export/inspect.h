@@ -12,6 +12,9 @@ namespace bitforge::formats {
 ///   {"path", "kind": "bitforge.packed"|"safetensors"|"gguf", "file_bytes", "total_params", "tensor_bytes",
 ///    "bits_per_weight", "fp16_bytes", "compression_vs_fp16", "tensors": [{"name", "type", "shape", "params",
 ///    "bytes", "bits_per_weight", ...}], "metadata": {...}}
+/// Integer and boolean tensors (a checkpoint's anchor indices) count in bytes, not in params ("elements" holds their
+/// size). GGUF metadata values keep their types in JSON (arrays as {"type", "length", "values" when ≤ 64}); the
+/// table prints them as display strings. The table states the file against FP16 as "N.NNx smaller" or "larger".
 /// Throws FormatError for a file that is none of the three (or is malformed), std::runtime_error if unreadable.
 std::string inspect_file(const std::string& path, bool json = false);
 

@@ -203,11 +203,12 @@ std::string ExportReport::to_table() const {
     o << line;
   }
   std::snprintf(line, sizeof line,
-                "total: %lld params, %lld bytes of tensors (%.3f bits/weight), file %lld bytes; FP16 %lld bytes "
-                "(%.2fx smaller)\n",
+                "total: %lld params, %lld bytes of tensors (%.3f bits/weight), file %lld bytes; FP16 %lld bytes: "
+                "the file is %.2fx smaller (the tensors alone %.2fx; the rest is header, config and tokenizer)\n",
                 static_cast<long long>(total_params), static_cast<long long>(tensor_bytes),
                 total_params ? 8.0 * double(tensor_bytes) / double(total_params) : 0.0,
                 static_cast<long long>(file_bytes), static_cast<long long>(fp16_bytes),
+                file_bytes ? double(fp16_bytes) / double(file_bytes) : 0.0,
                 tensor_bytes ? double(fp16_bytes) / double(tensor_bytes) : 0.0);
   o << line;
   for (const auto& n : notes) o << "note: " << n << "\n";
@@ -218,16 +219,16 @@ std::string ExportReport::to_table() const {
 // ---------------------------------------------------------------------------------------------------------
 // packed
 // ---------------------------------------------------------------------------------------------------------
-ExportReport export_packed(const ExportModel& m, const std::string& path, const PackedExportOptions& opt) {
+PackedModel pack_model(const ExportModel& m, const PackedExportOptions& opt, ExportReport* report) {
   if (opt.dtype != Dtype::BF16 && opt.dtype != Dtype::F16 && opt.dtype != Dtype::F32)
     throw std::invalid_argument(std::string("export_packed: dtype ") + dtype_name(opt.dtype) + "; expected BF16, F16 or F32");
   PackedModel pm;
   pm.config = export_config_json(m).dump();
   pm.tokenizer_kind = m.tokenizer_kind;
   pm.tokenizer.assign(m.tokenizer_bytes.begin(), m.tokenizer_bytes.end());
-  ExportReport rep;
+  ExportReport local;
+  ExportReport& rep = report ? *report : local;
   rep.format = kPackedFormatName;
-  rep.path = path;
   for (const auto& L : m.layers) {
     if (pm.layers.count(L.name)) throw std::invalid_argument("export_packed: duplicate layer '" + L.name + "'");
     PackedLayer P = pack(L);
@@ -290,6 +291,13 @@ ExportReport export_packed(const ExportModel& m, const std::string& path, const 
     pm.tensors[name] = std::move(pt);
     rep.tensors.push_back(r);
   }
+  return pm;
+}
+
+ExportReport export_packed(const ExportModel& m, const std::string& path, const PackedExportOptions& opt) {
+  ExportReport rep;
+  const PackedModel pm = pack_model(m, opt, &rep);
+  rep.path = path;
   write_packed(path, pm);
   for (const auto& r : rep.tensors) {
     rep.total_params += r.params;

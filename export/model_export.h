@@ -146,6 +146,10 @@ struct GgufExportOptions {
   std::string name = "bitforge";   ///< general.name
 };
 
+/// The packed model export_packed writes, in memory (nothing is written; `report`, when given, receives the
+/// per-tensor part of export_packed's report). Throws as export_packed does.
+PackedModel pack_model(const ExportModel& model, const PackedExportOptions& options = {}, ExportReport* report = nullptr);
+
 /// Writes the packed native file (atomically). Throws std::invalid_argument (bad layer data, naming the
 /// layer), FormatError, std::runtime_error (I/O).
 ExportReport export_packed(const ExportModel& model, const std::string& path, const PackedExportOptions& options = {});

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -130,13 +129,69 @@ void print_summary(const std::vector<Row>& rows, double unigram, const std::stri
   nlohmann::json j = nlohmann::json::array();
   for (auto& r : rows)
     j.push_back({{"model", r.name}, {"parameters", r.params}, {"tokens", r.tokens}, {"val_perplexity", r.ppl},
-                 {"kl", r.kl}, {"top1", r.top1}, {"wall_seconds", r.wall}, {"path", r.path}});
+                 {"kl", r.kl >= 0 ? nlohmann::json(r.kl) : nlohmann::json(nullptr)},  // null: not measured
+                 {"top1", r.top1 >= 0 ? nlohmann::json(r.top1) : nlohmann::json(nullptr)},
+                 {"wall_seconds", r.wall}, {"path", r.path}});
   nlohmann::json s{{"models", j}, {"unigram_val_perplexity", unigram}};
   std::ofstream((fs::path(run_dir) / "summary.json").string()) << s.dump(2) << "\n";
 }
 
 bool is_packed_file(const std::string& path) {
   return fs::is_regular_file(path) && path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
+}
+
+/// Validation tokens for a model whose tokenizer is `tok`, read or built without writing anything.
+struct EvalData {
+  std::shared_ptr<const data::ShardReader> val;
+  nlohmann::json unigram_ppl;  ///< add-one unigram perplexity of the same val split (null when unknown)
+  std::string source;          ///< where the windows come from (the val shard's path or "<corpus> (in memory)")
+};
+
+/// eval.seq_len, at most the model's context (a checkpoint or packed file evaluated with default settings may have a
+/// shorter one than the default windows).
+int64_t eval_window(const RunContext& ctx, int64_t max_position_embeddings) {
+  if (ctx.config.eval.seq_len <= max_position_embeddings) return ctx.config.eval.seq_len;
+  spdlog::info("eval: windows of {} tokens, the model's context (eval.seq_len {} is longer)", max_position_embeddings,
+               ctx.config.eval.seq_len);
+  return max_position_embeddings;
+}
+
+EvalData eval_data_for(const RunContext& ctx, const data::Tokenizer& tok) {
+  const std::string dir = data_dir(ctx);
+  std::string why = "no prepared data in " + dir;
+  if (fs::exists(fs::path(dir) / "meta.json")) {
+    try {
+      auto p = data::read_prepared_data(dir);
+      auto t = data::load_tokenizer(p.tokenizer_path);
+      if (t->kind() == tok.kind() && t->serialize() == tok.serialize()) {
+        EvalData e;
+        e.val = std::make_shared<const data::ShardReader>(p.val_path);
+        const auto u = p.meta.find("unigram_perplexity_val");
+        e.unigram_ppl = u != p.meta.end() && u->is_number()
+                            ? nlohmann::json(u->get<double>())
+                            : nlohmann::json(data::unigram_perplexity(p.train_path, p.val_path));
+        e.source = p.val_path;
+        return e;
+      }
+      why = "the prepared data in " + dir + " was tokenized with another tokenizer";
+    } catch (const data::DataError& e) {
+      why = std::string("the prepared data in ") + dir + " is unreadable (" + e.what() + ")";
+    }
+  }
+  const auto opts = prepare_options(ctx);
+  spdlog::info("eval: {}; splitting {} and encoding it with the model's tokenizer in memory (nothing is written)",
+               why, opts.corpus_path);
+  try {
+    auto s = data::encode_splits(opts, tok);
+    EvalData e;
+    e.unigram_ppl = s.val.size() ? nlohmann::json(data::unigram_perplexity(s.train, s.val)) : nlohmann::json(nullptr);
+    e.val = std::make_shared<const data::ShardReader>(std::move(s.val));
+    e.source = opts.corpus_path + " (val split, encoded in memory)";
+    return e;
+  } catch (const data::DataError& e) {
+    throw std::runtime_error("eval: " + why + ", and the corpus cannot be read: " + e.what() +
+                             "; pass -c CONFIG whose data.path is the corpus (or data.output_dir the prepared data)");
+  }
 }
 
 /// The reference model's logits [T, V] for one window, on the CPU in fp32 (what runtime::evaluate_packed compares).
@@ -165,7 +220,8 @@ std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoi
              : ctx.config.export_.dtype == "fp16" ? formats::Dtype::F16
                                                   : formats::Dtype::BF16;
   auto rp = formats::export_packed(em, packed, po);
-  spdlog::info("export: {} ({} bytes, {:.3f} bits/weight overall; FP16 would be {} bytes, {:.1f}x smaller)\n{}",
+  spdlog::info("export: {} ({} bytes, {:.3f} bits/weight overall; FP16 would be {} bytes: the file is {:.2f}x "
+               "smaller)\n{}",
                packed, rp.file_bytes, 8.0 * rp.tensor_bytes / std::max<int64_t>(1, rp.total_params), rp.fp16_bytes,
                static_cast<double>(rp.fp16_bytes) / std::max<int64_t>(1, rp.file_bytes), rp.to_table());
   // Measured effect: packed runtime vs the checkpoint on the same val windows.
@@ -188,11 +244,9 @@ std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoi
   auto folded = em;
   const int64_t n_anchors = formats::fold_anchors(folded);
   if (n_anchors > 0) {
-    const std::string tmp = (fs::path(out) / "anchors-folded.tmp.safetensors").string();
-    formats::export_packed(folded, tmp, po);
-    auto rf = runtime::PackedRuntime::open(tmp, static_cast<int>(ctx.config.train.threads));
+    auto rf = runtime::PackedRuntime::open(formats::pack_model(folded, po), static_cast<int>(ctx.config.train.threads),
+                                           0, "anchors folded (in memory)");
     auto fe = runtime::evaluate_packed(*rf, val, val.num_batches(), reference_logits(lm.model));
-    fs::remove(tmp);
     rp.measured["anchors_folded"] = {{"anchors", n_anchors}, {"perplexity", fe.perplexity},
                                      {"kl_checkpoint_folded", fe.kl}, {"top1_agreement", fe.top1}};
     spdlog::info("export: GGUF cannot hold the {} anchors; folding them into the codes (what the GGUF holds) gives "
@@ -344,45 +398,54 @@ std::string export_stage(RunContext& ctx, const std::string& checkpoint, const s
 
 nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, const std::string& reference,
                               int activation_bits) {
+  for (const auto& p : {model_path, reference})
+    if (!p.empty() && !fs::exists(p)) throw std::runtime_error("eval: " + p + ": no such file or directory");
   if (activation_bits && !is_packed_file(model_path))
     throw std::runtime_error("eval: --activation-bits applies to a packed .safetensors model, not to " + model_path);
+  std::optional<LoadedModel> ref;
+  if (!reference.empty()) ref = load_model(reference);
   if (is_packed_file(model_path)) {
     auto rt = runtime::PackedRuntime::open(model_path, static_cast<int>(ctx.config.train.threads), activation_bits);
-    auto p = ensure_data(ctx);
-    if (rt->tokenizer_kind() != p.tokenizer->kind() ||
-        std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()) != p.tokenizer->serialize())
-      throw std::runtime_error("eval: the packed model's tokenizer differs from the data's tokenizer (" +
-                               p.data.tokenizer_path + ")");
-    data::SequentialLoader val(p.data.val_path, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
+    auto tok = data::tokenizer_from_bytes(rt->tokenizer_kind(),
+                                          std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()));
+    if (ref && ref->tokenizer->serialize() != tok->serialize())
+      throw std::runtime_error("eval: the reference " + ref->checkpoint_dir + " has another tokenizer than " +
+                               model_path);
+    const auto ed = eval_data_for(ctx, *tok);
+    data::SequentialLoader val(ed.val, ctx.config.eval.batch_size, eval_window(ctx, rt->config().max_position_embeddings),
                                ctx.config.eval.max_batches);
-    std::optional<LoadedModel> ref;
-    if (!reference.empty()) ref = load_model(reference);
     auto pe = runtime::evaluate_packed(*rt, val, ctx.config.eval.max_batches,
                                        ref ? reference_logits(ref->model) : runtime::ReferenceLogits{});
     nlohmann::json j{{"model", model_path}, {"packed", true}, {"val_loss", pe.loss}, {"val_perplexity", pe.perplexity},
-                     {"tokens", pe.tokens}, {"unigram_val_perplexity", p.unigram_ppl},
+                     {"tokens", pe.tokens}, {"unigram_val_perplexity", ed.unigram_ppl}, {"val_data", ed.source},
                      {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
     if (ref) j["reference"] = ref->checkpoint_dir, j["kl"] = pe.kl, j["top1_agreement"] = pe.top1;
     return j;
   }
   auto lm = load_model(model_path);
+  if (ctx.config_path.empty()) {  // no config file: the checkpoint carries the data settings it was trained on
+    ctx.config.data = lm.config.data;
+    ctx.config.run.output_dir = lm.config.run.output_dir;
+    ctx.config.run.name = lm.config.run.name;
+    ctx.config.train.seed = lm.config.train.seed;
+    ctx.run_dir = (fs::path(ctx.config.run.output_dir) / ctx.config.run.name).string();
+  }
+  if (ref && ref->tokenizer->serialize() != lm.tokenizer->serialize())
+    throw std::runtime_error("eval: the reference " + ref->checkpoint_dir + " has another tokenizer than " +
+                             lm.checkpoint_dir);
   const torch::Device dev = select_device(ctx.config.train);
   lm.model->to(dev);
-  // Data: the prepared val shard of this config's run, tokenized with the model's own tokenizer.
-  auto p = ensure_data(ctx);
-  if (p.tokenizer->serialize() != lm.tokenizer->serialize())
-    throw std::runtime_error("eval: the model's tokenizer differs from the data's tokenizer (" + p.data.tokenizer_path +
-                             "); evaluate on data prepared with the model's tokenizer");
-  data::SequentialLoader val(p.data.val_path, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
-                             ctx.config.eval.max_batches);
+  const auto ed = eval_data_for(ctx, *lm.tokenizer);
+  data::SequentialLoader val(ed.val, ctx.config.eval.batch_size,
+                             eval_window(ctx, lm.model->config().max_position_embeddings), ctx.config.eval.max_batches);
   auto ev = evaluate(lm.model, val, ctx.config.eval.max_batches, dev);
   nlohmann::json j{{"model", lm.checkpoint_dir}, {"packed", false}, {"val_loss", ev.loss},
-                   {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"unigram_val_perplexity", p.unigram_ppl}};
-  if (!reference.empty()) {
-    auto ref = load_model(reference);
-    ref.model->to(dev);
-    auto cmp = compare_models(ref.model, lm.model, val, ctx.config.eval.max_batches, dev);
-    j["reference"] = ref.checkpoint_dir;
+                   {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"unigram_val_perplexity", ed.unigram_ppl},
+                   {"val_data", ed.source}};
+  if (ref) {
+    ref->model->to(dev);
+    auto cmp = compare_models(ref->model, lm.model, val, ctx.config.eval.max_batches, dev);
+    j["reference"] = ref->checkpoint_dir;
     j["kl"] = cmp.kl;
     j["top1_agreement"] = cmp.top1;
   }
@@ -444,16 +507,19 @@ nlohmann::json evaluate_text(RunContext& ctx, const std::string& model_path, con
 }
 
 Generated generate_text(RunContext& ctx, const std::string& model_path, const std::string& prompt,
-                        const runtime::GenerationOptions& options, int activation_bits) {
-  std::string packed = model_path;
-  if (!is_packed_file(model_path)) {
-    // A checkpoint runs through the same packed runtime (KV cache): export it to a temporary packed file.
+                        const runtime::GenerationOptions& options, int activation_bits,
+                        const std::function<void(const std::string&)>& on_text) {
+  if (!fs::exists(model_path)) throw std::runtime_error("generate: " + model_path + ": no such file or directory");
+  std::unique_ptr<runtime::PackedRuntime> rt;
+  if (is_packed_file(model_path)) {
+    rt = runtime::PackedRuntime::open(model_path, static_cast<int>(ctx.config.train.threads), activation_bits);
+  } else {
+    // A checkpoint runs through the same packed runtime (KV cache), packed in memory: no file is written.
     auto lm = load_model(model_path);
-    packed = (fs::temp_directory_path() / fmt::format("bitforge-generate-{}.safetensors", ::getpid())).string();
-    formats::export_packed(make_export_model(lm.model, lm.tokenizer.get(), to_yaml(lm.config)), packed);
+    rt = runtime::PackedRuntime::open(
+        formats::pack_model(make_export_model(lm.model, lm.tokenizer.get(), to_yaml(lm.config))),
+        static_cast<int>(ctx.config.train.threads), activation_bits, lm.checkpoint_dir);
   }
-  auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads), activation_bits);
-  if (packed != model_path) fs::remove(packed);
   auto tok = data::tokenizer_from_bytes(rt->tokenizer_kind(),
                                         std::string(rt->tokenizer_bytes().begin(), rt->tokenizer_bytes().end()));
   std::vector<int32_t> ids;
@@ -462,11 +528,33 @@ Generated generate_text(RunContext& ctx, const std::string& model_path, const st
   ids.insert(ids.end(), enc.begin(), enc.end());
   runtime::GenerationOptions go = options;
   go.eos_id = tok->eos_id();
+  std::vector<int32_t> so_far;
+  std::string shown;  // the text passed to on_text so far
+  if (on_text) {
+    go.on_token = [&](int32_t t) {
+      if (options.on_token) options.on_token(t);
+      if (t == go.eos_id) return;
+      so_far.push_back(t);
+      // Decode everything so far and pass on what is new: a token's text can depend on its neighbours (leading
+      // spaces, bytes of one UTF-8 character split over tokens), so the text is held back while it does not
+      // extend what was shown or ends in an incomplete character.
+      std::string text = tok->decode(so_far);
+      while (!text.empty() && text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0)
+        text.resize(text.size() - 3);
+      if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
+        on_text(text.substr(shown.size()));
+        shown = std::move(text);
+      }
+    };
+  }
   Generated g;
   auto out = rt->generate(ids, go, &g.stats);
   g.text = tok->decode(out);
+  if (on_text && g.text.size() > shown.size() && g.text.compare(0, shown.size(), shown) == 0)
+    on_text(g.text.substr(shown.size()));
   g.resident_weight_bytes = rt->resident_weight_bytes();
   g.fp16_bytes = rt->fp16_bytes();
+  g.max_position_embeddings = rt->config().max_position_embeddings;
   return g;
 }
 

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -66,8 +67,13 @@ std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoi
 std::string export_stage(RunContext& ctx, const std::string& checkpoint, const std::string& output);
 
 /// `bitforge eval`: validation loss/perplexity of a checkpoint or packed file (and KL / top-1 against `reference`
-/// when given) as JSON: {model, packed, val_loss, val_perplexity, tokens, unigram_val_perplexity, [reference, kl,
-/// top1_agreement], [resident_weight_bytes, fp16_bytes]}.
+/// when given) as JSON: {model, packed, val_loss, val_perplexity, tokens, unigram_val_perplexity, val_data,
+/// [reference, kl, top1_agreement], [resident_weight_bytes, fp16_bytes]}.
+/// Writes nothing. The model carries its tokenizer: the val windows come from the config's prepared data when its
+/// tokenizer is the model's, else from the config's corpus split and encoded in memory with the model's tokenizer
+/// (val_data says which). Without a config file (ctx.config_path empty) a checkpoint's own data settings (corpus,
+/// split, run directory) are used. Throws std::runtime_error naming the path when the model or reference does not exist, and when
+/// neither prepared data nor the corpus is available.
 nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, const std::string& reference,
                               int activation_bits = 0);
 
@@ -85,11 +91,15 @@ struct Generated {
   std::string text;  ///< the decoded new tokens (without the prompt)
   runtime::GenerationStats stats;
   int64_t resident_weight_bytes = 0, fp16_bytes = 0;
+  int64_t max_position_embeddings = 0;  ///< the model's context (stats.stopped_at_context: generation ended there)
 };
 /// `bitforge generate`: continues `prompt` with a packed file or a checkpoint on the packed runtime (eos_id is the
-/// model tokenizer's; the other options as given).
+/// model tokenizer's; the other options as given). A checkpoint is packed in memory (nothing is written).
+/// on_text (optional) receives the decoded text as it grows, piece by piece (streaming); the pieces concatenate to
+/// Generated::text.
 Generated generate_text(RunContext& ctx, const std::string& model_path, const std::string& prompt,
-                        const runtime::GenerationOptions& options, int activation_bits = 0);
+                        const runtime::GenerationOptions& options, int activation_bits = 0,
+                        const std::function<void(const std::string&)>& on_text = nullptr);
 
 /// `bitforge inspect`: the table (or JSON) formats::inspect_file prints for a file or a checkpoint directory.
 std::string inspect_path(const std::string& path, bool json);

@@ -256,8 +256,9 @@ struct PackedRuntime::Impl {
     return L;
   }
 
-  void load(const std::string& path) {
-    model = formats::read_packed(path);
+  /// Takes `m` (read_packed of a file, or pack_model in memory); `path` names it in error messages.
+  void load(formats::PackedModel m, const std::string& path) {
+    model = std::move(m);
     nlohmann::json cj;
     try {
       cj = nlohmann::json::parse(model.config);
@@ -525,7 +526,19 @@ std::unique_ptr<PackedRuntime> PackedRuntime::open(const std::string& path, int 
   std::unique_ptr<PackedRuntime> rt(new PackedRuntime());
   rt->impl_->threads = threads;
   rt->impl_->force_act_bits = activation_bits;
-  rt->impl_->load(path);
+  rt->impl_->load(formats::read_packed(path), path);
+  return rt;
+}
+
+std::unique_ptr<PackedRuntime> PackedRuntime::open(formats::PackedModel model, int threads, int activation_bits,
+                                                   const std::string& label) {
+  if (activation_bits != 0 && activation_bits != 8)
+    throw std::invalid_argument("packed runtime: activation_bits must be 0 (as exported) or 8, got " +
+                                std::to_string(activation_bits));
+  std::unique_ptr<PackedRuntime> rt(new PackedRuntime());
+  rt->impl_->threads = threads;
+  rt->impl_->force_act_bits = activation_bits;
+  rt->impl_->load(std::move(model), label);
   return rt;
 }
 
@@ -558,12 +571,17 @@ std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt,
   reset();
   torch::Tensor next = prefill(prompt);
   std::vector<int32_t> out;
+  bool at_context = false;
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {
     const int32_t t = sample_token(next, o, rng);
     out.push_back(t);
     if (i == 0) t1 = clock::now();
-    if (t == o.eos_id) break;
-    if (i + 1 == o.max_new_tokens || impl_->pos >= impl_->cfg.max_position_embeddings) break;
+    if (o.on_token) o.on_token(t);
+    if (t == o.eos_id || i + 1 == o.max_new_tokens) break;
+    if (impl_->pos >= impl_->cfg.max_position_embeddings) {  // no room in the cache for the token just sampled
+      at_context = true;
+      break;
+    }
     next = step(t);
   }
   if (stats) {
@@ -571,6 +589,7 @@ std::vector<int32_t> PackedRuntime::generate(const std::vector<int32_t>& prompt,
     stats->prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
     stats->generated_tokens = static_cast<int64_t>(out.size());
     stats->decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+    stats->stopped_at_context = at_context;
   }
   return out;
 }

@@ -42,6 +42,7 @@ struct GenerationOptions {
   double top_p = 1.0;        ///< nucleus: smallest set of most likely tokens with mass >= top_p
   uint64_t seed = 0;         ///< std::mt19937_64 seed; same seed + options → same tokens
   int32_t eos_id = -1;       ///< stop after emitting it (-1: never)
+  std::function<void(int32_t)> on_token;  ///< called with each token as soon as it is sampled (streaming)
 };
 
 /// Timings of one generate() call (seconds, wall clock).
@@ -50,6 +51,7 @@ struct GenerationStats {
   double prompt_seconds = 0;  ///< prefill of the prompt (PackedRuntime::prefill) and sampling its first token
   int64_t generated_tokens = 0;
   double decode_seconds = 0;  ///< the step() calls for the tokens after the first, with their sampling
+  bool stopped_at_context = false;  ///< generation ended because the KV cache reached max_position_embeddings
   double prompt_tokens_per_s() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
   /// decode steps per second (generated_tokens − 1 steps: the first token comes from the prefill)
   double decode_tokens_per_s() const { return decode_seconds > 0 ? (generated_tokens - 1) / decode_seconds : 0; }
@@ -62,6 +64,10 @@ class PackedRuntime {
   /// of numerics llama.cpp uses for Q1_0/TQ2_0 (it quantizes activations to q8_0), for speed, at a small cost in
   /// fidelity that `bitforge eval --activation-bits 8` measures. Layers exported with A8/A4 keep theirs.
   static std::unique_ptr<PackedRuntime> open(const std::string& path, int threads = 0, int activation_bits = 0);
+  /// The same from a packed model held in memory (formats::pack_model of an ExportModel: a checkpoint runs without
+  /// a file being written). `label` names it in error messages.
+  static std::unique_ptr<PackedRuntime> open(formats::PackedModel model, int threads = 0, int activation_bits = 0,
+                                             const std::string& label = "(packed model in memory)");
   ~PackedRuntime();
 
   /// Logits [T, V] fp32 for a whole sequence (resets the KV cache first, leaves it holding the sequence).
@@ -90,7 +96,8 @@ class PackedRuntime {
   /// Number of quantized (packed) projections.
   int64_t packed_layers() const;
 
-  /// prompt + up to max_new_tokens sampled tokens (returns only the new ones). Resets the cache first.
+  /// prompt + up to max_new_tokens sampled tokens (returns only the new ones), fewer when eos comes or the context
+  /// (max_position_embeddings) is full (stats->stopped_at_context). Resets the cache first.
   /// stats (optional): the prompt-processing and decode times, as llama.cpp prints them.
   std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const GenerationOptions& options,
                                 GenerationStats* stats = nullptr);

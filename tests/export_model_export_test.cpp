@@ -392,7 +392,12 @@ TEST(Inspect, PackedSafetensorsGgufAndGarbage) {
   {
     auto j = nlohmann::json::parse(inspect_file(gg, true));
     EXPECT_EQ(j["kind"], "gguf");
-    EXPECT_EQ(j["metadata"]["general.architecture"], "\"llama\"");
+    // metadata values keep their GGUF types: a string, not its display form '"llama"'; numbers as numbers;
+    // arrays as {type, length}
+    EXPECT_EQ(j["metadata"]["general.architecture"], "llama");
+    EXPECT_TRUE(j["metadata"]["llama.block_count"].is_number_integer());
+    EXPECT_TRUE(j["metadata"]["llama.attention.layer_norm_rms_epsilon"].is_number_float());
+    EXPECT_TRUE(j["metadata"]["tokenizer.ggml.tokens"]["length"].is_number_integer());
     EXPECT_EQ(j["total_params"].get<int64_t>(), rep.total_params);
     EXPECT_GT(j["compression_vs_fp16"].get<double>(), 1.0);
   }

@@ -240,7 +240,8 @@ std::tuple<double, double, int> overfit(Transformer& m, double lr, double factor
 }
 }  // namespace
 
-// A 2-layer model memorises one repeated sequence: CE falls by ≥ 4× in ≤ 100 AdamW steps (CPU, seconds).
+// A 2-layer model memorises one repeated sequence: CE falls by ≥ 4× in ≤ 100 AdamW steps. The wall time is printed,
+// not asserted: timings belong in benchmarks (bench/), not in tests that run on loaded machines.
 TEST(Model, OverfitsRepeatedSequence) {
   torch::manual_seed(0);
   const auto t0 = std::chrono::steady_clock::now();
@@ -250,7 +251,6 @@ TEST(Model, OverfitsRepeatedSequence) {
   std::cout << "[ measure ] overfit fp32: CE " << first << " -> " << last << " in " << steps << " steps, " << secs
             << " s\n";
   EXPECT_LT(last, first / 4);
-  EXPECT_LT(secs, 10.0);
 }
 
 // The same with binary attention/MLP weights (learned group scales, STE): QAT wiring carries gradients.

@@ -137,10 +137,15 @@ void plot_loss_curve(const std::string& metrics_path, const std::string& png, co
   std::ofstream tr(train_tsv), va(val_tsv);
   std::string line;
   int64_t n_val = 0;
+  bool has_ce = false;  // distillation: the train loss is a mix (CE + KD, ...); its "ce" part is plotted beside it
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded()) continue;
-    if (j.contains("loss")) tr << j["step"].get<int64_t>() << "\t" << j["loss"].get<double>() << "\n";
+    if (j.contains("loss")) {
+      tr << j["step"].get<int64_t>() << "\t" << j["loss"].get<double>();
+      if (j.contains("ce")) tr << "\t" << j["ce"].get<double>(), has_ce = true;
+      tr << "\n";
+    }
     if (j.contains("val_loss")) va << j["step"].get<int64_t>() << "\t" << j["val_loss"].get<double>() << "\n", ++n_val;
   }
   tr.close();
@@ -149,9 +154,12 @@ void plot_loss_curve(const std::string& metrics_path, const std::string& png, co
   {
     std::ofstream gp(script);
     gp << "set terminal pngcairo size 900,540 noenhanced\nset output '" << png << "'\n"
-       << "set title '" << title << "'\nset xlabel 'step'\nset ylabel 'cross-entropy (nats)'\nset grid\n"
-       << "plot '" << train_tsv << "' using 1:2 with lines lw 2 title 'train'";
-    if (n_val > 0) gp << ", '" << val_tsv << "' using 1:2 with linespoints lw 2 pt 7 title 'val'";
+       << "set title '" << title << "'\nset xlabel 'step'\nset ylabel '" << (has_ce ? "nats" : "cross-entropy (nats)")
+       << "'\nset grid\n"
+       << "plot '" << train_tsv << "' using 1:2 with lines lw 2 title '"
+       << (has_ce ? "train loss (weighted CE + KD, ...)" : "train cross-entropy") << "'";
+    if (has_ce) gp << ", '" << train_tsv << "' using 1:3 with lines lw 2 title 'train cross-entropy'";
+    if (n_val > 0) gp << ", '" << val_tsv << "' using 1:2 with linespoints lw 2 pt 7 title 'val cross-entropy'";
     gp << "\n";
   }
   if (std::system(("gnuplot '" + script + "' 2>/dev/null").c_str()) != 0)
@@ -292,6 +300,7 @@ TrainResult train(const TrainSpec& spec) {
   auto window_start = std::chrono::steady_clock::now();
   int64_t window_tokens = 0, window_steps = 0, steps_this_run = 0;
   double window_loss = 0;
+  std::map<std::string, double> window_parts;  // loss parts (distillation: ce, kd, ...) summed like window_loss
   std::vector<torch::Tensor> params = model->parameters();
   // Gradient all-reduce: c10d's Reducer, bucketed and overlapped with the backward pass of the last micro-step.
   std::unique_ptr<Distributed::GradSync> grad_sync;
@@ -328,7 +337,7 @@ TrainResult train(const TrainSpec& spec) {
     }
     optimizer.zero_grad();
     double step_loss = 0;
-    std::map<std::string, double> parts;
+    std::map<std::string, double> parts, step_parts;
     for (int64_t micro = 0; micro < t.gradient_accumulation_steps; ++micro) {
       loader.next_batch(ids.data());
       auto b = rank_rows(ids, rank * t.per_device_train_batch_size, t.per_device_train_batch_size, t.seq_len, device);
@@ -340,6 +349,7 @@ TrainResult train(const TrainSpec& spec) {
       if (grad_sync && micro == t.gradient_accumulation_steps - 1) grad_sync->arm();  // all-reduce on the last only
       (loss / static_cast<double>(t.gradient_accumulation_steps)).backward();
       step_loss += loss.item<double>() / static_cast<double>(t.gradient_accumulation_steps);
+      for (const auto& [k, v] : parts) step_parts[k] += v / static_cast<double>(t.gradient_accumulation_steps);
     }
     if (dist) {  // the global loss (mean of the ranks' means: equal rows per rank) and loss parts, for logs and guard
       std::vector<double> v{step_loss};
@@ -379,6 +389,7 @@ TrainResult train(const TrainSpec& spec) {
     tokens_seen += tokens_per_step;
     window_tokens += tokens_per_step;
     window_loss += step_loss;
+    for (const auto& [k, v] : step_parts) window_parts[k] += v;
     ++window_steps;
     ++steps_this_run;
     result.losses.push_back(step_loss);
@@ -391,17 +402,21 @@ TrainResult train(const TrainSpec& spec) {
       const double tps = secs > 0 ? window_tokens / secs : 0;
       const double eta = tps > 0 ? static_cast<double>((t.max_steps - done) * tokens_per_step) / tps : 0;
       const double avg = window_loss / std::max<int64_t>(1, window_steps);
+      // the loss and its parts are all means over the same steps (the logging_steps since the last line)
       std::string extra;
-      for (auto& [k, v] : parts) extra += fmt::format(" {} {:.4f}", k, v);
+      for (auto& [k, v] : window_parts)
+        extra += fmt::format("{}{} {:.4f}", extra.empty() ? " (" : ", ", k, v / std::max<int64_t>(1, window_steps));
+      if (!extra.empty()) extra += ")";
       spdlog::info("[{}] step {:>5}/{} | loss {:.4f}{} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}",
                    spec.stage, done, t.max_steps, avg, extra, lr, gnorm, tps, format_duration(eta));
       nlohmann::json j{{"step", done}, {"loss", avg}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
                        {"tokens", tokens_seen}};
-      for (auto& [k, v] : parts) j[k] = v;
+      for (auto& [k, v] : window_parts) j[k] = v / std::max<int64_t>(1, window_steps);
       metrics.write(j);
       window_start = std::chrono::steady_clock::now();
       window_tokens = window_steps = 0;
       window_loss = 0;
+      window_parts.clear();
     }
     if (t.eval_steps > 0 && done % t.eval_steps == 0 && done != t.max_steps) {
       auto ev = evaluate(model, val_loader, t.eval_batches, device);
