@@ -207,3 +207,20 @@ TEST(ConfigRoundTrip, SaveIsAtomicAndReloads) {
   EXPECT_EQ(to_yaml(c), to_yaml(d));
   std::filesystem::remove_all(dir);
 }
+
+// ---- the evaluation definition and the split seed (issue #20) ------------------------------------------
+TEST(ConfigDefaults, EvalIsTheWholeSplitAndTheSplitSeedIsItsOwn) {
+  Config c = parse_config("", "x");
+  EXPECT_EQ(c.eval.max_batches, 0);  // 0 = whole val split
+  EXPECT_EQ(c.data.seed, 1234u);     // the split the pipeline always used
+  EXPECT_TRUE(c.run.fair_teacher);
+  EXPECT_TRUE(c.run.fp_control);
+  Config d = parse_config("train: {seed: 7}\ndata: {seed: 99}\neval: {max_batches: 3}\nrun: {fair_teacher: false}\n",
+                          "x");
+  EXPECT_EQ(d.train.seed, 7u);
+  EXPECT_EQ(d.data.seed, 99u);  // independent keys
+  EXPECT_EQ(d.eval.max_batches, 3);
+  EXPECT_FALSE(d.run.fair_teacher);
+  EXPECT_EQ(to_yaml(parse_config(to_yaml(d), "rt")), to_yaml(d));
+  EXPECT_ERROR_HAS("eval:\n  max_batches: -1\n", "eval.max_batches");
+}
