@@ -48,9 +48,9 @@ int cmd_eval(RunContext& ctx, const std::string& model_path, const std::string& 
   if (packed)
     extra += fmt::format("; resident weights {} bytes (FP16 {})", j["resident_weight_bytes"].get<int64_t>(),
                          j["fp16_bytes"].get<int64_t>());
-  spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {:.2f}){}", j["model"].get<std::string>(),
+  spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {:.2f}){}; {}", j["model"].get<std::string>(),
                j["val_loss"].get<double>(), j["val_perplexity"].get<double>(), j["tokens"].get<int64_t>(),
-               j["unigram_val_perplexity"].get<double>(), extra);
+               j["unigram_val_perplexity"].get<double>(), extra, j.value("eval", std::string()));
   return 0;
 }
 

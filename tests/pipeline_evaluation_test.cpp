@@ -3,6 +3,7 @@
 // the export report — gives the same perplexity (relative 1e-4) on the same tokens, the whole val split by default;
 // the summary's rows state their budgets and its ratios use the same-budget controls; the unigram baseline scores the
 // same labels; an explicit subsample is spread over the split and says so.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
