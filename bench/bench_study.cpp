@@ -212,9 +212,9 @@ int main(int argc, char** argv) {
       teacher_ckpt = (*r)["checkpoint"].get<std::string>();
       teacher_tokens = (*r)["tokens"].get<int64_t>();
     } else {
-      auto r = train(spec_for("teacher", sd / "teacher", pipeline::teacher_config(base)));
-      teacher_ckpt = r.checkpoint_dir, teacher_tokens = r.tokens;
-      record("teacher", s, r.val.perplexity, r.val.tokens, r.steps, r.tokens, r.wall_seconds, r.checkpoint_dir);
+      auto tr = train(spec_for("teacher", sd / "teacher", pipeline::teacher_config(base)));
+      teacher_ckpt = tr.checkpoint_dir, teacher_tokens = tr.tokens;
+      record("teacher", s, tr.val.perplexity, tr.val.tokens, tr.steps, tr.tokens, tr.wall_seconds, tr.checkpoint_dir);
     }
     for (auto& row : rows) {
       if (find_run(row.id, s)) continue;
