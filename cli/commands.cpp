@@ -49,10 +49,10 @@ int cmd_eval(RunContext& ctx, const std::string& model_path, const std::string& 
     extra += fmt::format("; resident weights {} bytes (FP16 {})", j["resident_weight_bytes"].get<int64_t>(),
                          j["fp16_bytes"].get<int64_t>());
   const auto& u = j["unigram_val_perplexity"];
-  spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {}){}; val windows from {}",
+  spdlog::info("{}: val loss {:.4f}, perplexity {:.3f} over {} tokens (unigram {}){}; {}; val windows from {}",
                j["model"].get<std::string>(), j["val_loss"].get<double>(), j["val_perplexity"].get<double>(),
                j["tokens"].get<int64_t>(), u.is_number() ? fmt::format("{:.2f}", u.get<double>()) : "n/a", extra,
-               j.value("val_data", std::string("?")));
+               j.value("eval", std::string()), j.value("val_data", std::string("?")));
   return 0;
 }
 

@@ -401,7 +401,8 @@ std::vector<Section> schema(Config& c) {
         string_field("text_field", c.data.text_field), tokenizer_field("tokenizer", c.data.tokenizer, c.data.tokenizer_path),
         int_field("vocab_size", c.data.vocab_size, 16, 1 << 22),
         double_field("val_fraction", c.data.val_fraction, 0, 0.9, true),
-        int_field("max_documents", c.data.max_documents, 0), string_field("output_dir", c.data.output_dir)}},
+        int_field("max_documents", c.data.max_documents, 0), string_field("output_dir", c.data.output_dir),
+        uint_field("seed", c.data.seed)}},
       {"train",
        {int_field("max_steps", c.train.max_steps, 1),
         int_field("per_device_train_batch_size", c.train.per_device_train_batch_size, 1, 1 << 20),
@@ -437,7 +438,7 @@ std::vector<Section> schema(Config& c) {
         enum_field("gguf_ternary", c.export_.gguf_ternary),
         string_field("dtype", c.export_.dtype, {"bf16", "fp16", "fp32"})}},
       {"eval",
-       {int_field("max_batches", c.eval.max_batches, 1), int_field("batch_size", c.eval.batch_size, 1),
+       {int_field("max_batches", c.eval.max_batches, 0), int_field("batch_size", c.eval.batch_size, 1),
         int_field("seq_len", c.eval.seq_len, 2)}},
       {"logging",
        {string_field("level", c.logging.level, {"trace", "debug", "info", "warn", "error"}),
@@ -445,7 +446,8 @@ std::vector<Section> schema(Config& c) {
       {"run",
        {string_field("name", c.run.name), string_field("output_dir", c.run.output_dir),
         string_list_field("stages", c.run.stages, stages),
-        int_field("teacher_max_steps", c.run.teacher_max_steps, 0)}},
+        int_field("teacher_max_steps", c.run.teacher_max_steps, 0), bool_field("fair_teacher", c.run.fair_teacher),
+        bool_field("fp_control", c.run.fp_control)}},
   };
 }
 

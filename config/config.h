@@ -44,6 +44,7 @@ struct DataConfig {
   double val_fraction = data::kDefaultValFraction;  ///< fraction of documents held out, split by document
   int64_t max_documents = 0;           ///< 0 = all
   std::string output_dir = "";         ///< "" = <run_dir>/data
+  uint64_t seed = 1234;                ///< train/val split (and tokenizer sampling); independent of train.seed
 };
 
 // ----------------------------------------------------------------------------------------------------------
@@ -123,8 +124,10 @@ struct ExportConfig {
   std::string dtype = "bf16";          ///< unquantized tensors (packed), all weights (hf): bf16 | fp16 | fp32
 };
 
+/// The one evaluation definition (data/loader.h SequentialLoader): non-overlapping seq_len windows of the val split,
+/// each scored from an empty context.
 struct EvalConfig {
-  int64_t max_batches = 32;
+  int64_t max_batches = 0;             ///< 0 = the whole val split; > 0 = a subsample of that many batches spread over it
   int64_t batch_size = 8;
   int64_t seq_len = 128;
 };
@@ -141,6 +144,13 @@ struct RunConfig {
   std::string output_dir = "runs";     ///< run directory = <output_dir>/<name>
   std::vector<std::string> stages = {"prepare-data", "teacher", "distill", "export", "eval"};
   int64_t teacher_max_steps = 0;       ///< 0 = train.max_steps
+  /// With stages teacher + distill (student_init teacher): also continue the teacher in full precision for the
+  /// distillation's steps (CE only, same schedule) — the teacher at the distilled student's total budget, the row
+  /// the summary's ratios use.
+  bool fair_teacher = true;
+  /// With stage train: also train a full-precision model from scratch at the QAT student's budget (train.max_steps),
+  /// the reference for the QAT-from-scratch row.
+  bool fp_control = true;
 };
 
 struct Config {

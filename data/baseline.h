@@ -4,6 +4,7 @@
 #include <string>
 
 #include "data/error.h"
+#include "data/loader.h"
 #include "data/shard.h"
 
 namespace bitforge::data {
@@ -15,5 +16,8 @@ namespace bitforge::data {
 // this has learned nothing beyond token frequencies. Throws DataError when the vocab sizes differ or val is empty.
 double unigram_perplexity(const ShardReader& train, const ShardReader& val);
 double unigram_perplexity(const std::string& train_shard, const std::string& val_shard);
+// The same model scored on exactly the labels a SequentialLoader's windows score (inputs row[:-1], labels row[1:]
+// of every selected window): the baseline on the tokens the models are scored on.
+double unigram_perplexity(const ShardReader& train, const SequentialLoader& val);
 
 }  // namespace bitforge::data

@@ -162,9 +162,36 @@ SequentialLoader::SequentialLoader(std::shared_ptr<const ShardReader> shard, int
     : shard_(std::move(shard)), batch_size_(batch_size), seq_len_(seq_len) {
   check_geometry(*shard_, batch_size_, seq_len_);
   windows_ = (shard_->size() - 1) / static_cast<uint64_t>(seq_len_);
+  selected_ = windows_;
+  if (max_batches > 0) {
+    max_batches_ = max_batches;
+    const uint64_t want = static_cast<uint64_t>(max_batches) * static_cast<uint64_t>(batch_size_);
+    if (want < windows_) selected_ = want;
+  }
   num_batches_ =
-      static_cast<int64_t>((windows_ + static_cast<uint64_t>(batch_size_) - 1) / static_cast<uint64_t>(batch_size_));
-  if (max_batches > 0) num_batches_ = std::min(num_batches_, max_batches);
+      static_cast<int64_t>((selected_ + static_cast<uint64_t>(batch_size_) - 1) / static_cast<uint64_t>(batch_size_));
+}
+
+uint64_t SequentialLoader::window(uint64_t k) const {
+  if (k >= selected_)
+    throw DataError(fmt::format("sequential loader on {}: window {} requested, it scores {}", shard_->path(), k,
+                                selected_));
+  if (selected_ == windows_) return k;
+  // Spread evenly: floor(k * W / S), strictly increasing since S < W. 128-bit product: no overflow.
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(k) * windows_) / selected_);
+}
+
+double SequentialLoader::coverage() const {
+  return static_cast<double>(tokens_scored()) / static_cast<double>(shard_->size() - 1);
+}
+
+std::string SequentialLoader::describe() const {
+  if (whole_split())
+    return fmt::format("whole val split: {} windows x {} = {} of {} predictable tokens ({:.1f}%)", windows_, seq_len_,
+                       tokens_scored(), shard_->size() - 1, 100 * coverage());
+  return fmt::format("SUBSAMPLE (eval.max_batches = {}): {} of {} windows spread over the split = {} of {} tokens "
+                     "({:.1f}%)",
+                     max_batches_, selected_, windows_, tokens_scored(), shard_->size() - 1, 100 * coverage());
 }
 
 int64_t SequentialLoader::rows(int64_t i) const {
@@ -173,7 +200,7 @@ int64_t SequentialLoader::rows(int64_t i) const {
         fmt::format("sequential loader on {}: batch {} requested, it has {}", shard_->path(), i, num_batches_));
   }
   const uint64_t first = static_cast<uint64_t>(i) * static_cast<uint64_t>(batch_size_);
-  return static_cast<int64_t>(std::min<uint64_t>(static_cast<uint64_t>(batch_size_), windows_ - first));
+  return static_cast<int64_t>(std::min<uint64_t>(static_cast<uint64_t>(batch_size_), selected_ - first));
 }
 
 std::vector<int32_t> SequentialLoader::batch(int64_t i) const {
@@ -181,8 +208,8 @@ std::vector<int32_t> SequentialLoader::batch(int64_t i) const {
   const uint64_t row = static_cast<uint64_t>(seq_len_) + 1;
   std::vector<int32_t> out(static_cast<std::size_t>(n) * row);
   for (int64_t r = 0; r < n; ++r) {
-    const uint64_t window = static_cast<uint64_t>(i * batch_size_ + r);
-    shard_->copy(window * static_cast<uint64_t>(seq_len_), row, out.data() + r * row);
+    const uint64_t w = window(static_cast<uint64_t>(i * batch_size_ + r));
+    shard_->copy(w * static_cast<uint64_t>(seq_len_), row, out.data() + r * row);
   }
   return out;
 }

@@ -13,8 +13,14 @@
 // runs past the end of an epoch continues with the next epoch. LoaderState is the cursor; restoring it reproduces
 // exactly the batches that would have come next.
 //
-// SequentialLoader (evaluation): windows in file order from offset 0, never shuffled; batch i holds windows
-// [i*batch_size, (i+1)*batch_size), the last batch may have fewer rows.
+// SequentialLoader (evaluation) — bitforge's one evaluation definition. The split is cut into W = (N - 1) / seq_len
+// non-overlapping windows from offset 0 (window w covers tokens [w*seq_len, w*seq_len + seq_len + 1)); each window is
+// scored from an empty context, so every one of its seq_len labels is predicted from 0..seq_len-1 tokens of context
+// (no striding/overlap). By default (max_batches = 0) all W windows are scored: W*seq_len labels, i.e. every token of
+// the split except the first and the < seq_len tail. With max_batches = m > 0 and m*batch_size < W it is an explicit
+// subsample of S = m*batch_size windows spread evenly over the whole split (window k of the subsample is
+// floor(k*W/S)), never the first S — describe() says which and its coverage. Batch i holds subsample windows
+// [i*batch_size, (i+1)*batch_size), never shuffled; the last batch may have fewer rows.
 #pragma once
 
 #include <cstdint>
@@ -79,13 +85,24 @@ class TokenLoader {
 
 class SequentialLoader {
  public:
-  // max_batches = 0: all windows. Throws DataError like TokenLoader.
+  // max_batches = 0: all windows (the whole split); > 0: a subsample of max_batches*batch_size windows spread over
+  // the split. Throws DataError like TokenLoader.
   SequentialLoader(const std::string& shard_path, int64_t batch_size, int64_t seq_len, int64_t max_batches = 0);
   SequentialLoader(std::shared_ptr<const ShardReader> shard, int64_t batch_size, int64_t seq_len,
                    int64_t max_batches = 0);
 
   int64_t num_batches() const { return num_batches_; }
-  uint64_t num_windows() const { return windows_; }  // (N - 1) / seq_len
+  uint64_t num_windows() const { return windows_; }  // W = (N - 1) / seq_len: windows in the whole split
+  uint64_t num_selected() const { return selected_; }  // windows scored: W, or the subsample's S
+  // Index (in 0..W) of the k-th scored window, k < num_selected(); its first token is window(k)*seq_len.
+  uint64_t window(uint64_t k) const;
+  bool whole_split() const { return selected_ == windows_; }
+  int64_t tokens_scored() const { return static_cast<int64_t>(selected_) * seq_len_; }  // labels scored
+  // tokens_scored() / (N - 1), the predictable tokens of the split.
+  double coverage() const;
+  // One line for reports, e.g. "whole val split: 1602 windows x 128 = 205056 of 205173 predictable tokens (99.9%)"
+  // or "SUBSAMPLE (eval.max_batches = 24): 192 of 1602 windows spread over the split = 24576 tokens (12.0%)".
+  std::string describe() const;
   // Rows of batch i: batch_size except possibly the last.
   int64_t rows(int64_t i) const;
   // Batch i < num_batches(): rows(i) * (seq_len + 1) ids, row-major. Throws DataError for i out of range.
@@ -98,8 +115,8 @@ class SequentialLoader {
  private:
   std::shared_ptr<const ShardReader> shard_;
   int64_t batch_size_, seq_len_;
-  uint64_t windows_ = 0;
-  int64_t num_batches_ = 0;
+  uint64_t windows_ = 0, selected_ = 0;
+  int64_t num_batches_ = 0, max_batches_ = 0;
 };
 
 }  // namespace bitforge::data

@@ -48,7 +48,7 @@ data::PrepareDataOptions prepare_options(const RunContext& ctx) {
                                                      : d.tokenizer_path;
   o.vocab_size = static_cast<int32_t>(d.vocab_size);
   o.val_fraction = d.val_fraction;
-  o.seed = ctx.config.train.seed;
+  o.seed = ctx.config.data.seed;  // the split does not move with train.seed
   o.output_dir = data_dir(ctx);
   return o;
 }
@@ -72,8 +72,9 @@ Prepared ensure_data(RunContext& ctx) {
   if (ctx.config.model.vocab_size < p.tokenizer->vocab_size())
     throw ConfigError(fmt::format("model.vocab_size ({}) is smaller than the tokenizer's vocabulary ({}) in {}",
                                   ctx.config.model.vocab_size, p.tokenizer->vocab_size(), p.data.tokenizer_path));
-  p.unigram_ppl = p.data.meta.value("unigram_perplexity_val", 0.0);
-  if (p.unigram_ppl == 0.0) p.unigram_ppl = data::unigram_perplexity(p.data.train_path, p.data.val_path);
+  // The baseline on exactly the labels the models are scored on (the evaluation windows of this config).
+  p.unigram_ppl = data::unigram_perplexity(data::ShardReader(p.data.train_path),
+                                           validation_loader(ctx.config, p.data.val_path));
   return p;
 }
 
@@ -111,28 +112,49 @@ TrainSpec spec_for(const std::string& stage, const std::string& dir, const Confi
 
 struct Row {
   std::string name;
-  int64_t params = 0, tokens = 0;
+  int64_t params = 0;
+  int64_t steps = 0;        ///< optimizer steps of this stage
+  int64_t total_steps = 0;  ///< including the steps of the model it started from (distillation: the teacher's)
+  int64_t tokens = 0;       ///< training tokens seen, including the starting model's
   double ppl = 0, kl = -1, top1 = -1, wall = 0;
+  int64_t eval_tokens = 0;
   std::string path;
+  std::string ref;          ///< name of the row this one's perplexity is divided by ("" = none)
 };
 
-void print_summary(const std::vector<Row>& rows, double unigram, const std::string& run_dir) {
-  std::string out = fmt::format("\n{:<26} {:>10} {:>10} {:>12} {:>10} {:>8} {:>9}  {}\n", "model", "params", "tokens",
-                                "val ppl", "KL(t‖s)", "top-1", "wall", "output");
-  for (auto& r : rows)
-    out += fmt::format("{:<26} {:>10} {:>10} {:>12.2f} {:>10} {:>8} {:>9}  {}\n", r.name, r.params, r.tokens, r.ppl,
+void print_summary(std::vector<Row>& rows, double unigram, const std::string& eval_desc, const std::string& run_dir) {
+  auto find = [&](const std::string& name) -> const Row* {
+    for (auto& r : rows)
+      if (r.name == name) return &r;
+    return nullptr;
+  };
+  std::string out = fmt::format("\n{:<30} {:>9} {:>7} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7} {:>9}  {}\n", "model",
+                                "params", "steps", "tot.steps", "tok.seen", "val ppl", "÷ ref", "KL(t‖s)", "top-1",
+                                "wall", "output");
+  nlohmann::json j = nlohmann::json::array();
+  for (auto& r : rows) {
+    const Row* ref = r.ref.empty() ? nullptr : find(r.ref);
+    const double ratio = ref && ref->ppl > 0 ? r.ppl / ref->ppl : -1;
+    out += fmt::format("{:<30} {:>9} {:>7} {:>10} {:>10} {:>8.2f} {:>10} {:>9} {:>7} {:>9}  {}\n", r.name, r.params,
+                       r.steps, r.total_steps, r.tokens, r.ppl, ratio > 0 ? fmt::format("{:.3f}x", ratio) : "-",
                        r.kl >= 0 ? fmt::format("{:.4f}", r.kl) : "-",
                        r.top1 >= 0 ? fmt::format("{:.1f}%", 100 * r.top1) : "-", format_duration(r.wall), r.path);
-  out += fmt::format("{:<26} {:>10} {:>10} {:>12.2f}   (add-one unigram model of the same tokenizer, same val split)\n",
-                     "unigram baseline", "-", "-", unigram);
-  spdlog::info("summary{}", out);
-  nlohmann::json j = nlohmann::json::array();
+    nlohmann::json e{{"model", r.name}, {"parameters", r.params}, {"steps", r.steps}, {"total_steps", r.total_steps},
+                     {"tokens", r.tokens}, {"val_perplexity", r.ppl}, {"eval_tokens", r.eval_tokens},
+                     {"kl", r.kl >= 0 ? nlohmann::json(r.kl) : nlohmann::json(nullptr)},  // null: not measured
+                     {"top1", r.top1 >= 0 ? nlohmann::json(r.top1) : nlohmann::json(nullptr)},
+                     {"wall_seconds", r.wall}, {"path", r.path}};
+    if (ref) e["reference"] = r.ref, e["ratio_to_reference"] = ratio > 0 ? nlohmann::json(ratio) : nlohmann::json(nullptr);
+    j.push_back(e);
+  }
+  out += fmt::format("{:<30} {:>9} {:>7} {:>10} {:>10} {:>8.2f}   (add-one unigram model of the same tokenizer, on the "
+                     "same tokens)\n",
+                     "unigram baseline", "-", "-", "-", "-", unigram);
+  out += fmt::format("evaluation: {}; ÷ ref = perplexity / that of the row trained at the same total budget:\n", eval_desc);
   for (auto& r : rows)
-    j.push_back({{"model", r.name}, {"parameters", r.params}, {"tokens", r.tokens}, {"val_perplexity", r.ppl},
-                 {"kl", r.kl >= 0 ? nlohmann::json(r.kl) : nlohmann::json(nullptr)},  // null: not measured
-                 {"top1", r.top1 >= 0 ? nlohmann::json(r.top1) : nlohmann::json(nullptr)},
-                 {"wall_seconds", r.wall}, {"path", r.path}});
-  nlohmann::json s{{"models", j}, {"unigram_val_perplexity", unigram}};
+    if (!r.ref.empty()) out += fmt::format("  {} ÷ {}\n", r.name, r.ref);
+  spdlog::info("summary{}", out);
+  nlohmann::json s{{"models", j}, {"unigram_val_perplexity", unigram}, {"eval", eval_desc}};
   std::ofstream((fs::path(run_dir) / "summary.json").string()) << s.dump(2) << "\n";
 }
 
@@ -225,15 +247,17 @@ std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoi
                packed, rp.file_bytes, 8.0 * rp.tensor_bytes / std::max<int64_t>(1, rp.total_params), rp.fp16_bytes,
                static_cast<double>(rp.fp16_bytes) / std::max<int64_t>(1, rp.file_bytes), rp.to_table());
   // Measured effect: packed runtime vs the checkpoint on the same val windows.
-  data::SequentialLoader val(val_shard, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
-                             std::min<int64_t>(ctx.config.eval.max_batches, 4));
+  // On the run's evaluation windows (validation_loader: the whole val split by default), like every other report.
+  data::SequentialLoader val = validation_loader(ctx.config, val_shard);
   const torch::Device cpu(torch::kCPU);
-  auto ck = evaluate(lm.model, val, val.num_batches(), cpu);
+  auto ck = evaluate(lm.model, val, 0, cpu);
   auto rt = runtime::PackedRuntime::open(packed, static_cast<int>(ctx.config.train.threads));
-  auto pe = runtime::evaluate_packed(*rt, val, val.num_batches(), reference_logits(lm.model));
+  auto pe = runtime::evaluate_packed(*rt, val, 0, reference_logits(lm.model));
+  spdlog::info("export: measured on {}", val.describe());
   rp.measured = {{"checkpoint_perplexity", ck.perplexity}, {"packed_perplexity", pe.perplexity},
                  {"relative_difference", std::abs(pe.perplexity - ck.perplexity) / ck.perplexity},
                  {"kl_checkpoint_packed", pe.kl}, {"top1_agreement", pe.top1}, {"tokens", pe.tokens},
+                 {"eval_coverage", val.coverage()}, {"eval", val.describe()},
                  {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
   spdlog::info("export: packed runtime perplexity {:.4f} vs checkpoint {:.4f} (relative difference {:.2e}), KL {:.2e}, "
                "top-1 {:.2f}%; resident weights {} bytes vs FP16 {}",
@@ -246,7 +270,7 @@ std::string export_checkpoint(const RunContext& ctx, const std::string& checkpoi
   if (n_anchors > 0) {
     auto rf = runtime::PackedRuntime::open(formats::pack_model(folded, po), static_cast<int>(ctx.config.train.threads),
                                            0, "anchors folded (in memory)");
-    auto fe = runtime::evaluate_packed(*rf, val, val.num_batches(), reference_logits(lm.model));
+    auto fe = runtime::evaluate_packed(*rf, val, 0, reference_logits(lm.model));
     rp.measured["anchors_folded"] = {{"anchors", n_anchors}, {"perplexity", fe.perplexity},
                                      {"kl_checkpoint_folded", fe.kl}, {"top1_agreement", fe.top1}};
     spdlog::info("export: GGUF cannot hold the {} anchors; folding them into the codes (what the GGUF holds) gives "
@@ -331,50 +355,93 @@ void run(RunContext& ctx) {
   save_config(ctx.config, (fs::path(ctx.run_dir) / "config.yaml").string());  // with the resolved vocab
   std::vector<Row> rows;
   const fs::path teacher_dir = fs::path(ctx.run_dir) / "teacher";
+  const bool distill_from_teacher = has("distill") && ctx.config.distill.student_init == StudentInit::teacher;
+  int64_t teacher_steps = 0, teacher_tokens = 0;
+  std::string teacher_row;
   if (has("teacher")) {
     auto r = train(spec_for("teacher", teacher_dir.string(), teacher_config(ctx.config), p));
-    rows.push_back({"teacher (full precision)", r.parameters, r.tokens, r.val.perplexity, -1, -1, r.wall_seconds,
-                    r.checkpoint_dir});
+    teacher_steps = r.steps, teacher_tokens = r.tokens;
+    teacher_row = "teacher (full precision)";
+    rows.push_back({teacher_row, r.parameters, r.steps, r.steps, r.tokens, r.val.perplexity, -1, -1, r.wall_seconds,
+                    r.val.tokens, r.checkpoint_dir, ""});
+    if (distill_from_teacher && ctx.config.run.fair_teacher && ctx.config.distill.teacher.empty()) {
+      // The control for the distilled student: the same teacher trained on, in full precision with plain CE, for the
+      // distillation's steps (same LR schedule, same data order) — the teacher at the student's total budget.
+      Config fc = teacher_config(ctx.config);
+      fc.train.max_steps = ctx.config.train.max_steps;
+      fc.train.warmup_steps = ctx.config.train.warmup_steps;
+      auto spec = spec_for("teacher-fair", (fs::path(ctx.run_dir) / "teacher-fair").string(), fc, p);
+      const std::string from = r.checkpoint_dir;
+      spec.init = [from](Transformer& m) {
+        auto t = load_model(from);
+        torch::NoGradGuard ng;
+        auto tp = t.model->named_parameters();
+        for (auto& q : m->named_parameters())
+          if (const auto* src = tp.find(q.key())) q.value().copy_(src->to(q.value().device(), q.value().scalar_type()));
+        spdlog::info("[teacher-fair] continuing the teacher {} in full precision", from);
+      };
+      auto f = train(spec);
+      teacher_row = "teacher, same budget (fair)";
+      rows.push_back({teacher_row, f.parameters, f.steps, teacher_steps + f.steps, teacher_tokens + f.tokens,
+                      f.val.perplexity, -1, -1, f.wall_seconds, f.val.tokens, f.checkpoint_dir, ""});
+    }
   }
   if (has("train")) {
+    std::string ref;
+    if (ctx.config.run.fp_control && ctx.config.quant.enabled()) {
+      // Reference for QAT from scratch: full precision from scratch at exactly the student's budget.
+      Config fc = teacher_config(ctx.config);
+      fc.train = ctx.config.train;
+      auto r = train(spec_for("fp-control", (fs::path(ctx.run_dir) / "fp-control").string(), fc, p));
+      ref = "full precision, same budget";
+      rows.push_back({ref, r.parameters, r.steps, r.steps, r.tokens, r.val.perplexity, -1, -1, r.wall_seconds,
+                      r.val.tokens, r.checkpoint_dir, ""});
+    }
     auto r = train(spec_for("student", (fs::path(ctx.run_dir) / "student").string(), ctx.config, p));
-    rows.push_back({"student QAT from scratch", r.parameters, r.tokens, r.val.perplexity, -1, -1, r.wall_seconds,
-                    r.checkpoint_dir});
+    rows.push_back({"student QAT from scratch", r.parameters, r.steps, r.steps, r.tokens, r.val.perplexity, -1, -1,
+                    r.wall_seconds, r.val.tokens, r.checkpoint_dir, ref});
   }
   if (has("distill")) {
     std::string teacher = ctx.config.distill.teacher.empty() ? (teacher_dir / "checkpoints").string()
                                                              : ctx.config.distill.teacher;
     auto r = run_distillation(ctx.config, teacher, (fs::path(ctx.run_dir) / "distill").string(), p.data.train_path,
                               p.data.val_path, p.tokenizer);
-    rows.push_back({"student distilled", r.train.parameters, r.train.tokens, r.student.perplexity, r.kl, r.top1,
-                    r.train.wall_seconds, r.train.checkpoint_dir});
+    const bool from_ours = distill_from_teacher && has("teacher");
+    rows.push_back({"student distilled", r.train.parameters, r.train.steps,
+                    r.train.steps + (from_ours ? teacher_steps : 0), r.train.tokens + (from_ours ? teacher_tokens : 0),
+                    r.student.perplexity, r.kl, r.top1, r.train.wall_seconds, r.student.tokens, r.train.checkpoint_dir,
+                    teacher_row});
   }
   if (distributed_env().rank != 0) return;  // the other ranks only train: rank 0 exports, evaluates, summarises
-  if (has("export") && !rows.empty()) {
-    const std::string src = rows.back().path;  // the last trained model: the distilled student when there is one
-    export_checkpoint(ctx, src, (fs::path(ctx.run_dir) / "export").string(), p.data.val_path);
-  }
+  // The model exported: the distilled student when there is one, else the last trained model.
+  const Row* exported = nullptr;
+  for (auto& r : rows)
+    if (r.name == "student distilled" || r.name == "student QAT from scratch") exported = &r;
+  if (!exported && !rows.empty()) exported = &rows.back();
+  if (has("export") && exported)
+    export_checkpoint(ctx, exported->path, (fs::path(ctx.run_dir) / "export").string(), p.data.val_path);
+  data::SequentialLoader val = validation_loader(ctx.config, p.data.val_path);
   if (has("eval") && !rows.empty()) {
     // Re-evaluate every trained model from its checkpoint on the same val windows (what a user would get
-    // loading the files), and compare students with the teacher when there is one.
+    // loading the files), and compare students with the teacher they were distilled from when there is one.
     const torch::Device dev = select_device(ctx.config.train);
-    data::SequentialLoader val(p.data.val_path, ctx.config.eval.batch_size, ctx.config.eval.seq_len,
-                               ctx.config.eval.max_batches);
     std::optional<LoadedModel> teacher;
     for (auto& r : rows) {
       auto lm = load_model(r.path);
       lm.model->to(dev);
-      r.ppl = evaluate(lm.model, val, ctx.config.eval.max_batches, dev).perplexity;
-      if (r.name.rfind("teacher", 0) == 0) {
+      auto ev = evaluate(lm.model, val, 0, dev);
+      r.ppl = ev.perplexity;
+      r.eval_tokens = ev.tokens;
+      if (r.name == "teacher (full precision)") {
         teacher = std::move(lm);
-      } else if (teacher) {
-        auto cmp = compare_models(teacher->model, lm.model, val, ctx.config.eval.max_batches, dev);
+      } else if (teacher && r.name.rfind("student", 0) == 0) {
+        auto cmp = compare_models(teacher->model, lm.model, val, 0, dev);
         r.kl = cmp.kl;
         r.top1 = cmp.top1;
       }
     }
   }
-  print_summary(rows, p.unigram_ppl, ctx.run_dir);
+  print_summary(rows, p.unigram_ppl, val.describe(), ctx.run_dir);
   spdlog::info("run finished in {}; outputs in {}", format_duration(std::chrono::duration<double>(
                                                         std::chrono::steady_clock::now() - t0).count()),
                ctx.run_dir);
@@ -414,10 +481,11 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
     const auto ed = eval_data_for(ctx, *tok);
     data::SequentialLoader val(ed.val, ctx.config.eval.batch_size, eval_window(ctx, rt->config().max_position_embeddings),
                                ctx.config.eval.max_batches);
-    auto pe = runtime::evaluate_packed(*rt, val, ctx.config.eval.max_batches,
+    auto pe = runtime::evaluate_packed(*rt, val, 0,
                                        ref ? reference_logits(ref->model) : runtime::ReferenceLogits{});
     nlohmann::json j{{"model", model_path}, {"packed", true}, {"val_loss", pe.loss}, {"val_perplexity", pe.perplexity},
-                     {"tokens", pe.tokens}, {"unigram_val_perplexity", ed.unigram_ppl}, {"val_data", ed.source},
+                     {"tokens", pe.tokens}, {"eval_coverage", val.coverage()}, {"eval", val.describe()},
+                     {"unigram_val_perplexity", ed.unigram_ppl}, {"val_data", ed.source},
                      {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
     if (ref) j["reference"] = ref->checkpoint_dir, j["kl"] = pe.kl, j["top1_agreement"] = pe.top1;
     return j;
@@ -438,13 +506,14 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
   const auto ed = eval_data_for(ctx, *lm.tokenizer);
   data::SequentialLoader val(ed.val, ctx.config.eval.batch_size,
                              eval_window(ctx, lm.model->config().max_position_embeddings), ctx.config.eval.max_batches);
-  auto ev = evaluate(lm.model, val, ctx.config.eval.max_batches, dev);
+  auto ev = evaluate(lm.model, val, 0, dev);
   nlohmann::json j{{"model", lm.checkpoint_dir}, {"packed", false}, {"val_loss", ev.loss},
-                   {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"unigram_val_perplexity", ed.unigram_ppl},
+                   {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"eval_coverage", ev.coverage},
+                   {"eval", val.describe()}, {"unigram_val_perplexity", ed.unigram_ppl},
                    {"val_data", ed.source}};
   if (ref) {
     ref->model->to(dev);
-    auto cmp = compare_models(ref->model, lm.model, val, ctx.config.eval.max_batches, dev);
+    auto cmp = compare_models(ref->model, lm.model, val, 0, dev);
     j["reference"] = ref->checkpoint_dir;
     j["kl"] = cmp.kl;
     j["top1_agreement"] = cmp.top1;

@@ -228,3 +228,19 @@ TEST(ConfigDistributed, Errors) {
   EXPECT_ERROR_HAS("train: {distributed_timeout_s: 0}\n", "train.distributed_timeout_s");
   EXPECT_ERROR_HAS("train: {distributed_backend: nccl, device: cpu}\n", "train.distributed_backend", "nccl needs");
 }
+// ---- the evaluation definition and the split seed (issue #20) ------------------------------------------
+TEST(ConfigDefaults, EvalIsTheWholeSplitAndTheSplitSeedIsItsOwn) {
+  Config c = parse_config("", "x");
+  EXPECT_EQ(c.eval.max_batches, 0);  // 0 = whole val split
+  EXPECT_EQ(c.data.seed, 1234u);     // the split the pipeline always used
+  EXPECT_TRUE(c.run.fair_teacher);
+  EXPECT_TRUE(c.run.fp_control);
+  Config d = parse_config("train: {seed: 7}\ndata: {seed: 99}\neval: {max_batches: 3}\nrun: {fair_teacher: false}\n",
+                          "x");
+  EXPECT_EQ(d.train.seed, 7u);
+  EXPECT_EQ(d.data.seed, 99u);  // independent keys
+  EXPECT_EQ(d.eval.max_batches, 3);
+  EXPECT_FALSE(d.run.fair_teacher);
+  EXPECT_EQ(to_yaml(parse_config(to_yaml(d), "rt")), to_yaml(d));
+  EXPECT_ERROR_HAS("eval:\n  max_batches: -1\n", "eval.max_batches");
+}

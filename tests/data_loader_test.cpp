@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "data/baseline.h"
 #include "data/loader.h"
 
 namespace fs = std::filesystem;
@@ -115,6 +116,55 @@ TEST(DataLoader, SequentialForEvaluation) {
   EXPECT_EQ(b2[10], 90);
   EXPECT_EQ(SequentialLoader(s.path, 4, 10, 2).num_batches(), 2);
   EXPECT_THROW(v.batch(3), DataError);
+}
+
+// The one evaluation definition (issue #20): max_batches = 0 is the whole split; max_batches > 0 is a subsample spread
+// over the whole split (never its start), and both say what they cover.
+TEST(DataLoader, EvaluationCoversTheWholeSplitOrASpreadSubsample) {
+  TempShard s(1001);  // 1000 predictable tokens, W = 100 windows of 10
+  SequentialLoader all(s.path, 8, 10, 0);
+  EXPECT_TRUE(all.whole_split());
+  EXPECT_EQ(all.num_selected(), 100u);
+  EXPECT_EQ(all.tokens_scored(), 1000);
+  EXPECT_DOUBLE_EQ(all.coverage(), 1.0);
+  EXPECT_NE(all.describe().find("whole val split"), std::string::npos);
+  int64_t rows = 0;
+  for (int64_t i = 0; i < all.num_batches(); ++i) rows += all.rows(i);
+  EXPECT_EQ(rows, 100);
+
+  SequentialLoader sub(s.path, 4, 10, 3);  // S = 12 of 100 windows
+  EXPECT_FALSE(sub.whole_split());
+  EXPECT_EQ(sub.num_selected(), 12u);
+  EXPECT_EQ(sub.num_batches(), 3);
+  EXPECT_EQ(sub.tokens_scored(), 120);
+  EXPECT_NEAR(sub.coverage(), 0.12, 1e-12);
+  EXPECT_NE(sub.describe().find("SUBSAMPLE"), std::string::npos);
+  EXPECT_NE(sub.describe().find("12 of 100 windows"), std::string::npos);
+  std::set<uint64_t> seen;
+  for (uint64_t k = 0; k < sub.num_selected(); ++k) {
+    EXPECT_EQ(sub.window(k), k * 100 / 12);
+    seen.insert(sub.window(k));
+  }
+  EXPECT_EQ(seen.size(), 12u);
+  EXPECT_EQ(sub.window(0), 0u);
+  EXPECT_GE(sub.window(11), 90u);  // reaches the end of the split, not only its start
+  const auto b2 = sub.batch(2);    // windows 8..11 of the subsample: 66, 75, 83, 91
+  EXPECT_EQ(b2[0], 660);
+  EXPECT_EQ(b2[3 * 11], 910);
+  EXPECT_EQ(b2[3 * 11 + 10], 920);
+  EXPECT_THROW(sub.window(12), DataError);
+  // A subsample at least as large as the split is the whole split.
+  EXPECT_TRUE(SequentialLoader(s.path, 8, 10, 13).whole_split());
+}
+
+TEST(DataLoader, UnigramBaselineScoresTheEvaluatedLabels) {
+  TempShard train(64), val(64);  // token i = i; vocab 64
+  // Whole split, seq_len 9: W = 7 windows, labels are tokens 1..63 — all but the first token.
+  SequentialLoader all(val.path, 4, 9, 0);
+  const ShardReader tr(train.path);
+  // Each id once in train: p = 2 / (64 + 64) for every id, so every scored label costs ln 64.
+  EXPECT_NEAR(unigram_perplexity(tr, all), 64.0, 1e-9);
+  EXPECT_NEAR(unigram_perplexity(tr, SequentialLoader(val.path, 1, 9, 2)), 64.0, 1e-9);
 }
 
 TEST(DataLoader, ShardTooShort) {

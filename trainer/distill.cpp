@@ -24,7 +24,7 @@ Comparison compare_models(Transformer& reference, Transformer& model, const data
   model->eval();
   double kl_sum = 0, agree = 0;
   int64_t tokens = 0;
-  const int64_t n = std::min<int64_t>(val.num_batches(), max_batches);
+  const int64_t n = max_batches > 0 ? std::min<int64_t>(val.num_batches(), max_batches) : val.num_batches();
   for (int64_t i = 0; i < n; ++i) {
     const auto ids = val.batch(i);
     const int64_t rows = val.rows(i), T = val.seq_len();
@@ -220,12 +220,12 @@ DistillResult run_distillation(const Config& cfg_in, const std::string& teacher_
   DistillResult r;
   r.train = train(spec);
   if (auto dist = Distributed::current(); dist && !dist->is_main()) return r;  // rank 0 evaluates and reports
-  data::SequentialLoader val(val_shard, cfg.eval.batch_size, cfg.eval.seq_len, cfg.eval.max_batches);
+  data::SequentialLoader val = validation_loader(cfg, val_shard);
   auto student = load_model(r.train.checkpoint_dir);
   student.model->to(device);
-  r.teacher = evaluate(teacher, val, cfg.eval.max_batches, device);
-  r.student = evaluate(student.model, val, cfg.eval.max_batches, device);
-  auto cmp = compare_models(teacher, student.model, val, cfg.eval.max_batches, device);
+  r.teacher = evaluate(teacher, val, 0, device);
+  r.student = evaluate(student.model, val, 0, device);
+  auto cmp = compare_models(teacher, student.model, val, 0, device);
   r.kl = cmp.kl;
   r.top1 = cmp.top1;
   nlohmann::json rep{{"teacher", teacher_path},
@@ -235,10 +235,15 @@ DistillResult run_distillation(const Config& cfg_in, const std::string& teacher_
                      {"top1_agreement", r.top1},
                      {"tokens", r.train.tokens},
                      {"steps", r.train.steps},
+                     {"student_init", d.student_init == StudentInit::teacher ? "teacher" : "scratch"},
+                     {"eval_tokens", r.student.tokens},
+                     {"eval_coverage", r.student.coverage},
+                     {"eval", val.describe()},
                      {"checkpoint", r.train.checkpoint_dir}};
   std::ofstream((fs::path(out_dir) / "report.json").string()) << rep.dump(2) << "\n";
-  spdlog::info("[distill] teacher ppl {:.2f} | student ppl {:.2f} | KL(teacher‖student) {:.4f}/token | top-1 {:.1f}%",
-               r.teacher.perplexity, r.student.perplexity, r.kl, 100 * r.top1);
+  spdlog::info("[distill] teacher ppl {:.2f} | student ppl {:.2f} | KL(teacher‖student) {:.4f}/token | top-1 {:.1f}% "
+               "({})",
+               r.teacher.perplexity, r.student.perplexity, r.kl, 100 * r.top1, val.describe());
   return r;
 }
 

@@ -16,7 +16,7 @@
 namespace bitforge {
 
 /// Mean per-token KL(reference ‖ model) at temperature 1 (nats) and top-1 agreement (fraction of positions
-/// where both argmax agree) over the first max_batches windows of `val`.
+/// where both argmax agree) over the windows of `val` (max_batches = 0: all of them, as evaluate()).
 struct Comparison {
   double kl = 0, top1 = 0;
   int64_t tokens = 0;

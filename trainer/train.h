@@ -32,14 +32,22 @@ double lr_at(const TrainConfig& t, int64_t step);
 /// Weight decay at `step` (two_stage: 0 from the halfway point on).
 double weight_decay_at(const TrainConfig& t, int64_t step);
 
-/// Validation loss (mean token cross-entropy, nats) and perplexity = exp(loss) over the first `max_batches`
-/// sequential windows of a shard.
+/// Validation loss (mean token cross-entropy, nats) and perplexity = exp(loss) over the windows of `loader` — the
+/// one evaluation definition (data/loader.h SequentialLoader): build the loader with validation_loader() and pass
+/// max_batches = 0 to score every window it selects (the whole split by default); max_batches > 0 scores only its
+/// first max_batches batches (progress checks only, never a reported figure).
 struct EvalResult {
   double loss = 0, perplexity = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0;     ///< labels scored
+  double coverage = 0;    ///< tokens / predictable tokens of the split
 };
 EvalResult evaluate(Transformer& model, const data::SequentialLoader& loader, int64_t max_batches,
                     const torch::Device& device);
+
+/// The validation windows every stage and command scores: eval.batch_size x eval.seq_len windows of `val_shard`,
+/// the whole split when eval.max_batches = 0 (default), else a subsample of eval.max_batches batches spread over it.
+data::SequentialLoader validation_loader(const Config& cfg, const std::string& val_shard);
+data::SequentialLoader validation_loader(const Config& cfg, std::shared_ptr<const data::ShardReader> val_shard);
 
 /// Loss of one micro-batch: input [B,T] int64, labels [B,T] int64 → scalar. `parts` receives named
 /// components for logging (e.g. "ce", "kd").
