@@ -23,10 +23,11 @@
 #include "export/model_export.h"
 #include "trainer/export_model.h"
 #include "trainer/model.h"
+#include "bench/bench_main.h"
 
 namespace fs = std::filesystem;
 
-int main(int argc, char** argv) {
+static int bench_body(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s OUT [--quant binary|ternary] [--hidden H] [--layers L] [--intermediate I] [--heads N] "
@@ -106,4 +107,8 @@ int main(int argc, char** argv) {
   const auto rg = bitforge::formats::export_gguf(em, (dir / "model.gguf").string());
   std::printf("wrote %s (%lld bytes)\n", rg.path.c_str(), static_cast<long long>(rg.file_bytes));
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(argc, argv, "OUT_DIR [--quant binary|ternary]  (a random 0.7B model, packed + GGUF)\n", bench_body);
 }

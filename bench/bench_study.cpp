@@ -37,6 +37,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/distill.h"
 #include "trainer/train.h"
+#include "bench/bench_main.h"
 
 namespace fs = std::filesystem;
 using namespace bitforge;
@@ -106,7 +107,7 @@ void copy_weights(Transformer& from, Transformer& to) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int bench_body(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s CONFIG --out DIR [--seeds N] [--rows id,...|all] [--set section.key=value]... "
@@ -327,4 +328,8 @@ int main(int argc, char** argv) {
   spdlog::info("study: {} , {} , {}", json_path.string(), (fs::path(out) / "study.md").string(),
                (fs::path(out) / "study.svg").string());
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return bitforge::bench::guarded_main(argc, argv, "CONFIG --out DIR [--seeds 3] [--rows id,...|all] [--set k=v]... [--report-only]\n", bench_body);
 }

@@ -165,7 +165,7 @@ bool is_packed_file(const std::string& path) {
 /// Validation tokens for a model whose tokenizer is `tok`, read or built without writing anything.
 struct EvalData {
   std::shared_ptr<const data::ShardReader> val;
-  nlohmann::json unigram_ppl;  ///< add-one unigram perplexity of the same val split (null when unknown)
+  std::shared_ptr<const data::ShardReader> train;  ///< for the unigram baseline (null when unknown)
   std::string source;          ///< where the windows come from (the val shard's path or "<corpus> (in memory)")
 };
 
@@ -178,6 +178,12 @@ int64_t eval_window(const RunContext& ctx, int64_t max_position_embeddings) {
   return max_position_embeddings;
 }
 
+/// The add-one unigram baseline on exactly the labels `val` scores (as the pipeline's summary computes it).
+nlohmann::json unigram_on(const EvalData& ed, const data::SequentialLoader& val) {
+  return ed.train && val.num_batches() > 0 ? nlohmann::json(data::unigram_perplexity(*ed.train, val))
+                                           : nlohmann::json(nullptr);
+}
+
 EvalData eval_data_for(const RunContext& ctx, const data::Tokenizer& tok) {
   const std::string dir = data_dir(ctx);
   std::string why = "no prepared data in " + dir;
@@ -188,10 +194,7 @@ EvalData eval_data_for(const RunContext& ctx, const data::Tokenizer& tok) {
       if (t->kind() == tok.kind() && t->serialize() == tok.serialize()) {
         EvalData e;
         e.val = std::make_shared<const data::ShardReader>(p.val_path);
-        const auto u = p.meta.find("unigram_perplexity_val");
-        e.unigram_ppl = u != p.meta.end() && u->is_number()
-                            ? nlohmann::json(u->get<double>())
-                            : nlohmann::json(data::unigram_perplexity(p.train_path, p.val_path));
+        e.train = std::make_shared<const data::ShardReader>(p.train_path);
         e.source = p.val_path;
         return e;
       }
@@ -206,7 +209,7 @@ EvalData eval_data_for(const RunContext& ctx, const data::Tokenizer& tok) {
   try {
     auto s = data::encode_splits(opts, tok);
     EvalData e;
-    e.unigram_ppl = s.val.size() ? nlohmann::json(data::unigram_perplexity(s.train, s.val)) : nlohmann::json(nullptr);
+    e.train = std::make_shared<const data::ShardReader>(std::move(s.train));
     e.val = std::make_shared<const data::ShardReader>(std::move(s.val));
     e.source = opts.corpus_path + " (val split, encoded in memory)";
     return e;
@@ -485,7 +488,7 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
                                        ref ? reference_logits(ref->model) : runtime::ReferenceLogits{});
     nlohmann::json j{{"model", model_path}, {"packed", true}, {"val_loss", pe.loss}, {"val_perplexity", pe.perplexity},
                      {"tokens", pe.tokens}, {"eval_coverage", val.coverage()}, {"eval", val.describe()},
-                     {"unigram_val_perplexity", ed.unigram_ppl}, {"val_data", ed.source},
+                     {"unigram_val_perplexity", unigram_on(ed, val)}, {"val_data", ed.source},
                      {"resident_weight_bytes", rt->resident_weight_bytes()}, {"fp16_bytes", rt->fp16_bytes()}};
     if (ref) j["reference"] = ref->checkpoint_dir, j["kl"] = pe.kl, j["top1_agreement"] = pe.top1;
     return j;
@@ -509,7 +512,7 @@ nlohmann::json evaluate_model(RunContext& ctx, const std::string& model_path, co
   auto ev = evaluate(lm.model, val, 0, dev);
   nlohmann::json j{{"model", lm.checkpoint_dir}, {"packed", false}, {"val_loss", ev.loss},
                    {"val_perplexity", ev.perplexity}, {"tokens", ev.tokens}, {"eval_coverage", ev.coverage},
-                   {"eval", val.describe()}, {"unigram_val_perplexity", ed.unigram_ppl},
+                   {"eval", val.describe()}, {"unigram_val_perplexity", unigram_on(ed, val)},
                    {"val_data", ed.source}};
   if (ref) {
     ref->model->to(dev);
