@@ -120,13 +120,9 @@ int run_bench(int argc, char** argv) {
 }
 }  // namespace
 
-static int bench_body(int argc, char** argv) {
+int main(int argc, char** argv) {
   return bitforge::bench::guarded_main(
       argc, argv,
       "[--tokenizer DIR_OR_JSON] [--corpus DIR] [--rounds N] [--python PY]\nMB/s of bitforge's HF BPE tokenizer vs Hugging Face tokenizers on the default corpus.\n",
       run_bench);
-}
-
-int main(int argc, char** argv) {
-  return bitforge::bench::guarded_main(argc, argv, "[--tokenizer PATH] [--corpus DIR] [--rounds N] [--python PY]\n", bench_body);
 }
