@@ -520,14 +520,7 @@ PackedRuntime::PackedRuntime() : impl_(std::make_unique<Impl>()) {}
 PackedRuntime::~PackedRuntime() = default;
 
 std::unique_ptr<PackedRuntime> PackedRuntime::open(const std::string& path, int threads, int activation_bits) {
-  if (activation_bits != 0 && activation_bits != 8)
-    throw std::invalid_argument("packed runtime: activation_bits must be 0 (as exported) or 8, got " +
-                                std::to_string(activation_bits));
-  std::unique_ptr<PackedRuntime> rt(new PackedRuntime());
-  rt->impl_->threads = threads;
-  rt->impl_->force_act_bits = activation_bits;
-  rt->impl_->load(formats::read_packed(path), path);
-  return rt;
+  return open(formats::read_packed(path), threads, activation_bits, path);
 }
 
 std::unique_ptr<PackedRuntime> PackedRuntime::open(formats::PackedModel model, int threads, int activation_bits,
