@@ -192,14 +192,20 @@ PreparedData read_prepared_data(const std::string& dir) {
   return p;
 }
 
-EncodedSplits encode_splits(const PrepareDataOptions& options, const Tokenizer& tok) {
+namespace {
+CorpusOptions corpus_options(const PrepareDataOptions& options) {
   CorpusOptions co;
   co.format = options.corpus_format;
   co.path = options.corpus_path;
   co.glob = options.glob;
   co.text_field = options.text_field;
   co.max_documents = options.max_documents;
-  const std::vector<Document> docs = read_corpus(co);
+  return co;
+}
+}  // namespace
+
+EncodedSplits encode_splits(const PrepareDataOptions& options, const Tokenizer& tok) {
+  const std::vector<Document> docs = read_corpus(corpus_options(options));
   const auto val_idx = split_val_documents(docs.size(), options.val_fraction, options.seed);
   std::vector<const Document*> split[2];  // 0 train, 1 val
   for (std::size_t i = 0, k = 0; i < docs.size(); ++i) {
@@ -245,13 +251,7 @@ PreparedData prepare_data(const PrepareDataOptions& options) {
 
   // 1. Corpus.
   auto t0 = Clock::now();
-  CorpusOptions co;
-  co.format = options.corpus_format;
-  co.path = options.corpus_path;
-  co.glob = options.glob;
-  co.text_field = options.text_field;
-  co.max_documents = options.max_documents;
-  const std::vector<Document> docs = read_corpus(co);
+  const std::vector<Document> docs = read_corpus(corpus_options(options));
   uint64_t corpus_bytes = 0;
   for (const auto& d : docs) corpus_bytes += d.text.size();
   const double t_read = seconds_since(t0);

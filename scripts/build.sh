@@ -10,7 +10,9 @@ bash scripts/setup.sh
 source scripts/env.sh
 need_configure=0
 [ -f "$BITFORGE_BUILD/build.ninja" ] || need_configure=1
-grep -qxF "Python3_EXECUTABLE:FILEPATH=$BITFORGE_PYTHON" "$BITFORGE_BUILD/CMakeCache.txt" 2>/dev/null || need_configure=1
+# (the cache types the entry FILEPATH or UNINITIALIZED depending on how it was first given: compare the value only)
+[ "$(sed -n 's/^Python3_EXECUTABLE:[A-Z]*=//p' "$BITFORGE_BUILD/CMakeCache.txt" 2>/dev/null)" = "$BITFORGE_PYTHON" ] ||
+  need_configure=1
 [ $# -eq 0 ] || need_configure=1
 if [ "$need_configure" = 1 ]; then
   mkdir -p "$BITFORGE_BUILD"

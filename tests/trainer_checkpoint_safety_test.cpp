@@ -19,89 +19,25 @@
 #include "data/prepare.h"
 #include "trainer/checkpoint.h"
 #include "trainer/train.h"
+#include "tests/fixtures/trainer/tiny_run.h"
 
 namespace fs = std::filesystem;
 using namespace bitforge;
 
 namespace {
 
-std::string temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("bitforge_ckptsafe_" + name + "_" + std::to_string(::getpid()));
-  std::system(("rm -rf '" + d.string() + "'").c_str());
-  fs::create_directories(d);
-  return d.string();
-}
-
-struct TinySetup {
-  std::string dir;
-  data::PreparedData data;
-  std::shared_ptr<data::Tokenizer> tok;
-};
-
-TinySetup& tiny() {
-  static TinySetup s = [] {
-    TinySetup t;
-    t.dir = temp_dir("data");
-    const std::string corpus = t.dir + "/corpus.jsonl";
-    {
-      std::ofstream f(corpus);
-      for (int i = 0; i < 40; ++i)
-        f << "{\"text\": \"Document " << i << ": the quick brown fox jumps over the lazy dog " << i * 7
-          << " times; binary weights are plus or minus one.\"}\n";
-    }
-    data::PrepareDataOptions o;
-    o.corpus_format = data::CorpusFormat::jsonl;
-    o.corpus_path = corpus;
-    o.tokenizer = data::TokenizerKind::byte;
-    o.val_fraction = 0.2;
-    o.output_dir = t.dir + "/data";
-    t.data = data::prepare_data(o);
-    t.tok = data::load_tokenizer(t.data.tokenizer_path);
-    return t;
-  }();
-  return s;
-}
+std::string temp_dir(const std::string& name) { return bitforge::testing::tiny_temp_dir("ckptsafe", name); }
+const bitforge::testing::TinyData& tiny() { return bitforge::testing::tiny_data("ckptsafe"); }
 
 Config tiny_config(const std::string& out, int64_t steps) {
-  Config c;
-  c.data.tokenizer = TokenizerKind::byte;
-  c.model.vocab_size = tiny().tok->vocab_size();
-  c.model.hidden_size = 32;
-  c.model.intermediate_size = 64;
-  c.model.num_hidden_layers = 1;
-  c.model.num_attention_heads = 2;
-  c.model.num_key_value_heads = 1;
-  c.model.max_position_embeddings = 64;
-  c.quant.group_size = 32;
-  c.quant.anchor_fraction = 0.01;
-  c.quant.anchor_update_steps = 3;
+  Config c = bitforge::testing::tiny_config(tiny(), out, steps, /*layers=*/1);
   c.quant.anchor_freeze_step = 6;
-  c.train.max_steps = steps;
-  c.train.per_device_train_batch_size = 2;
-  c.train.seq_len = 16;
   c.train.warmup_steps = 1;
-  c.train.logging_steps = 4;
-  c.train.eval_steps = 0;
-  c.train.save_steps = 4;
   c.train.save_total_limit = 2;
-  c.train.threads = 1;
-  c.eval.seq_len = 16;
-  c.eval.max_batches = 2;
-  c.logging.plot = false;
-  c.run.output_dir = out;
   return c;
 }
 
-TrainSpec tiny_spec(const Config& c, const std::string& out) {
-  TrainSpec s;
-  s.stage = "test";
-  s.output_dir = out;
-  s.train_shard = tiny().data.train_path;
-  s.val_shard = tiny().data.val_path;
-  s.tokenizer = tiny().tok;
-  s.config = c;
-  return s;
-}
+TrainSpec tiny_spec(const Config& c, const std::string& out) { return bitforge::testing::tiny_spec(tiny(), c, out); }
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

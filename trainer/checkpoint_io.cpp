@@ -66,14 +66,21 @@ void fsync_path(const std::string& p, bool directory) {
   ::close(fd);
 }
 
-std::string read_small_file(const std::string& path, size_t limit) {
+// Opens PATH read-only (never blocking on a FIFO) and fstat()s it into *ST; throws CheckpointError naming the
+// path when it cannot be opened or is not a regular file.
+int open_regular_file(const std::string& path, struct stat* st) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
     ::close(fd);
     throw CheckpointError(path + ": not a regular file");
   }
+  return fd;
+}
+
+std::string read_small_file(const std::string& path, size_t limit) {
+  struct stat st {};
+  const int fd = open_regular_file(path, &st);
   if (static_cast<uint64_t>(st.st_size) > limit) {
     ::close(fd);
     throw CheckpointError(fmt::format("{}: {} bytes, more than the {} bytes expected for this file", path,
@@ -131,13 +138,8 @@ void crash_point(const char* name) {
 }
 
 std::string file_xxh3(const std::string& path, uint64_t* size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw CheckpointError(path + ": not a regular file");
-  }
+  const int fd = open_regular_file(path, &st);
   XXH3_state_t* state = XXH3_createState();
   XXH3_64bits_reset(state);
   std::vector<char> buf(1 << 20);
