@@ -48,9 +48,18 @@ std::tuple<at::Tensor, at::Tensor> bitlinear_quantize_weight_backward(
     const c10::optional<at::Tensor>& center, const at::Tensor& anchor_index, int64_t quantizer, int64_t ste,
     double ste_clip, double lambda, double scale_grad_factor);
 
+/// The differentiable BitLinear weight: forward = bitlinear_quantize_weight (W_eff [out, in] float32); backward (its
+/// Autograd kernel, kernels/autograd.cpp) = bitlinear_quantize_weight_backward with this `ste` (SteKind value),
+/// `ste_clip` and `scale_grad_factor`, giving dL/dW and dL/dα (μ gets no gradient). What the C++ BitLinear module
+/// and the Python package (python/bitforge) both call, so their gradients are one definition. Also traceable
+/// (Meta kernels): torch.compile, torch.library.opcheck. Throws c10::Error like bitlinear_quantize_weight.
+at::Tensor bitlinear_weight(const at::Tensor& weight, const at::Tensor& scale, const c10::optional<at::Tensor>& center,
+                            const at::Tensor& anchor_index, int64_t quantizer, double lambda = 1.0,
+                            int64_t ste = 0, double ste_clip = 1.0, double scale_grad_factor = 1.0);
+
 /// Per-token absmax fake quantization (BitNet b1.58): s = Qp / max(|x|, 1e-5) over the last dim,
 /// x̂ = clamp(round(x·s), −Qp−1, Qp) / s with Qp = 127 (bits = 8) or 7 (bits = 4). x: [*, in] float32.
-/// An all-zero row maps to zeros. Backward is the identity STE (caller's autograd wrapper).
+/// An all-zero row maps to zeros. Differentiable: backward is the identity STE (Autograd kernel, autograd.cpp).
 at::Tensor quantize_activation_per_token(const at::Tensor& x, int64_t bits);
 
 /// Integer codes Q(u) [out, in] int8 (anchors hold 0). Used by the exporter; same rules as the forward.

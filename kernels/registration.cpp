@@ -1,4 +1,4 @@
-// The one place the bitforge op schemas are declared, and the C++ entry points that call them through the
+// The one place the bitforge op schemas are declared (their Autograd and Meta kernels: autograd.cpp), and the C++ entry points that call them through the
 // dispatcher (so a CUDA tensor reaches the CUDA implementation and a CPU tensor the CPU one).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -7,12 +7,15 @@
 
 TORCH_LIBRARY(bitforge, m) {
   m.def("bitlinear_quantize_weight(Tensor weight, Tensor scale, Tensor? center, Tensor anchor_index, "
-        "int quantizer, float lambda) -> Tensor");
+        "int quantizer, float warmup_lambda) -> Tensor");
   m.def("bitlinear_quantize_weight_backward(Tensor grad, Tensor weight, Tensor scale, Tensor? center, "
-        "Tensor anchor_index, int quantizer, int ste, float ste_clip, float lambda, float scale_grad_factor) "
+        "Tensor anchor_index, int quantizer, int ste, float ste_clip, float warmup_lambda, float scale_grad_factor) "
         "-> (Tensor, Tensor)");
   m.def("bitlinear_codes(Tensor weight, Tensor scale, Tensor? center, Tensor anchor_index, int quantizer) -> Tensor");
   m.def("quantize_activation_per_token(Tensor x, int bits) -> Tensor");
+  // The differentiable weight op (autograd.cpp): W_eff forward, STE/LSQ backward with these settings.
+  m.def("bitlinear_weight(Tensor weight, Tensor scale, Tensor? center, Tensor anchor_index, int quantizer, "
+        "float warmup_lambda=1., int ste=0, float ste_clip=1., float scale_grad_factor=1.) -> Tensor");
 }
 
 namespace bitforge::ops {

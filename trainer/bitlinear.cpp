@@ -8,48 +8,6 @@
 namespace bitforge {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::tensor_list;
-
-/// STE wrapper around the fused weight quantizer: forward = exact α·Q(u) with anchors, backward = the fused
-/// STE/LSQ kernel. Non-tensor settings travel in ctx->saved_data.
-struct WeightQuantFunction : public torch::autograd::Function<WeightQuantFunction> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& weight, const torch::Tensor& scale,
-                               const torch::Tensor& center, const torch::Tensor& anchors, int64_t quantizer,
-                               int64_t ste, double clip, double lambda, double scale_grad_factor) {
-    c10::optional<torch::Tensor> mu;  // an empty tensor stands for "no centering" (autograd needs defined inputs)
-    if (center.numel() > 0) mu = center;
-    auto y = ops::bitlinear_quantize_weight(weight, scale, mu, anchors, quantizer, lambda);
-    ctx->save_for_backward({weight, scale, center, anchors});
-    ctx->saved_data["quantizer"] = quantizer;
-    ctx->saved_data["ste"] = ste;
-    ctx->saved_data["clip"] = clip;
-    ctx->saved_data["lambda"] = lambda;
-    ctx->saved_data["factor"] = scale_grad_factor;
-    return y;
-  }
-
-  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    auto saved = ctx->get_saved_variables();
-    c10::optional<torch::Tensor> mu;
-    if (saved[2].numel() > 0) mu = saved[2];
-    auto [gw, gs] = ops::bitlinear_quantize_weight_backward(
-        grads[0].to(torch::kFloat).contiguous(), saved[0], saved[1], mu, saved[3],
-        ctx->saved_data["quantizer"].toInt(), ctx->saved_data["ste"].toInt(), ctx->saved_data["clip"].toDouble(),
-        ctx->saved_data["lambda"].toDouble(), ctx->saved_data["factor"].toDouble());
-    return {gw, gs, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
-
-/// Per-token absmax fake quantization with the identity STE (BitNet: x + (q(x) − x).detach()).
-struct ActQuantFunction : public torch::autograd::Function<ActQuantFunction> {
-  static torch::Tensor forward(AutogradContext*, const torch::Tensor& x, int64_t bits) {
-    return ops::quantize_activation_per_token(x, bits);
-  }
-  static tensor_list backward(AutogradContext*, tensor_list grads) { return {grads[0], torch::Tensor()}; }
-};
-
 /// Rounds to the nearest fp16-representable float with an identity gradient.
 torch::Tensor round_fp16_ste(const torch::Tensor& a) {
   return a + (a.detach().to(torch::kHalf).to(torch::kFloat) - a.detach());
@@ -142,10 +100,11 @@ torch::Tensor BitLinearImpl::effective_weight() const {
   const int64_t N = weight.numel() / scale.numel();
   const double factor = quant_.lsq_grad_scale ? 1.0 / std::sqrt(static_cast<double>(N) * 1.0) : 1.0;
   const int64_t ste = static_cast<int64_t>(quant_.ste);
-  auto center = center_();
-  if (!center.defined()) center = torch::empty({0}, weight.options());
-  return WeightQuantFunction::apply(weight, alpha_(), center, anchor_index, quantizer_id(quant_.weight), ste,
-                                    quant_.ste_clip, lambda_, factor);
+  c10::optional<torch::Tensor> center;
+  if (auto c = center_(); c.defined()) center = c;
+  // One autograd definition (kernels/autograd.cpp), shared with the Python package.
+  return ops::bitlinear_weight(weight, alpha_(), center, anchor_index, quantizer_id(quant_.weight), lambda_, ste,
+                               quant_.ste_clip, factor);
 }
 
 torch::Tensor BitLinearImpl::scales() const {
@@ -174,8 +133,8 @@ torch::Tensor BitLinearImpl::forward(const torch::Tensor& input) {
     x = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + quant_.norm_eps) * norm_weight;
   }
   if (quant_.enabled() && quant_.activations != ActivationQuant::none)
-    x = ActQuantFunction::apply(x.to(torch::kFloat).contiguous(),
-                                quant_.activations == ActivationQuant::int8 ? 8 : 4);
+    x = ops::quantize_activation_per_token(x.to(torch::kFloat).contiguous(),
+                                           quant_.activations == ActivationQuant::int8 ? 8 : 4);
   return torch::nn::functional::linear(x, effective_weight(), bias);
 }
 
