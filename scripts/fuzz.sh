@@ -24,7 +24,8 @@ CXXFLAGS="-std=c++17 -O1 -g $SAN -fsanitize=fuzzer-no-link -I$ROOT -DSPDLOG_SHAR
 LIBS="-lyaml-cpp -lspdlog -lfmt -lsentencepiece -lsentencepiece_train -lpcre2-8 -lutf8proc -lxxhash -lz -pthread"
 CORE=(export/safetensors.cpp export/mapped_file.cpp export/gguf.cpp export/ggml_quants.cpp export/bitpack.cpp
       export/packed_format.cpp export/model_export.cpp config/config.cpp config/memory_estimate.cpp trainer/checkpoint_io.cpp
-      data/shard.cpp data/tokenizer.cpp data/hf_tokenizer.cpp data/prepare.cpp data/baseline.cpp data/corpus.cpp data/file_limits.cpp)
+      data/shard.cpp data/tokenizer.cpp data/hf_tokenizer.cpp data/prepare.cpp data/baseline.cpp data/loader.cpp data/corpus.cpp
+      data/file_limits.cpp)
 
 say() { printf '[fuzz] %s\n' "$*"; }
 
