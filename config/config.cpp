@@ -2,6 +2,8 @@
 // Reading and writing both go through the same table, so the effective config reloads to the same values.
 #include "config/config.h"
 
+#include "data/corpus.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -175,6 +177,11 @@ std::string read_string(const YAML::Node& n, const Origin& o, const std::string&
     if (ch < 0x20 || ch == 0x7f)
       fail(o, n, path, fmt::format("contains the control character 0x{:02x} at offset {}; expected printable text", ch, i));
   }
+  // Nor do bytes that are not UTF-8 (YAML is Unicode text; yaml-cpp's emitter rewrites them, so the effective
+  // config.yaml would not reload to the same value — found by the fuzz campaign).
+  if (const auto bad = data::find_invalid_utf8(n.Scalar()))
+    fail(o, n, path, fmt::format("is not valid UTF-8 (byte 0x{:02x} at offset {})",
+                                 static_cast<unsigned char>(n.Scalar()[*bad]), *bad));
   return n.Scalar();
 }
 

@@ -49,6 +49,24 @@ TEST(ConfigSafety, StringValuesWithControlCharactersAreRejected) {
   EXPECT_EQ(parse_config(to_yaml(c), "again.yaml").data.output_dir, "/tmp/a b/ü");
 }
 
+// Found by the fuzz campaign (bench/fuzz_campaign.sh, fuzz_config after 228,681 executions): a run.name of bytes that
+// are not UTF-8 was accepted, yaml-cpp's emitter rewrote them in the effective config, and the reload failed (the
+// rewritten name was 680 bytes) — a run whose config.yaml cannot be read back. Such strings are rejected up front.
+TEST(ConfigSafety, StringValuesThatAreNotUtf8AreRejected) {
+  for (const std::string yaml : {std::string("run:\n  name: \xc2\x90\x94\x9a\n"), std::string("data:\n  path: a\xffb\n"),
+                                 std::string("data:\n  glob: \xe2\x82\n")}) {
+    try {
+      parse_config(yaml, "t.yaml");
+      ADD_FAILURE() << yaml << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("t.yaml"), std::string::npos) << e.what();
+    }
+  }
+  auto c = parse_config("run:\n  name: \"r\xc3\xa9sum\xc3\xa9-\xe6\xb8\xac\xe8\xa9\xa6\"\n", "t.yaml");
+  EXPECT_EQ(to_yaml(parse_config(to_yaml(c), "again.yaml")), to_yaml(c));
+}
+
 #include "trainer/hf_checkpoint.h"
 
 // Found by tests/fuzz/fuzz_hf.cpp: a number too large for a double in config.json ended the process with an
