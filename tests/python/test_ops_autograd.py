@@ -13,16 +13,12 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, finish  # noqa: E402
+
 torch.ops.load_library(os.path.join(os.environ["BITFORGE_BINARY_DIR"], "kernels", "libbitforge_kernels.so"))
 B = torch.ops.bitforge
 torch.manual_seed(0)
-failures = []
-
-
-def check(name, ok, detail=""):
-    print(("PASS " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        failures.append(name)
 
 
 def opcheck(name, op, args):
@@ -104,5 +100,4 @@ check("torch.compile(fullgraph=True): same loss and gradients",
       torch.equal(l0, l1) and torch.equal(wr.grad, g0[0]) and torch.equal(sr.grad, g0[1]),
       f"loss {l0.item()} vs {l1.item()}")
 
-print(f"{len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -14,17 +14,13 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, finish  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.environ.get("BITFORGE_SOURCE_DIR", "."), "python"))
 import bitforge  # noqa: E402
 
 torch.manual_seed(0)
-failures = []
-
-
-def check(name, ok, detail=""):
-    print(("PASS " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        failures.append(name)
 
 
 def reference_grads(layer, x, gy):
@@ -130,5 +126,4 @@ if transformers is not None:
     check("torch.compile(model): same training loss", torch.allclose(eager, compiled, rtol=1e-6, atol=1e-6),
           f"{eager.item()} vs {compiled.item()}")
 
-print(f"{len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()
