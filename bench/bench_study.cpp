@@ -3,7 +3,10 @@
 // row and as the ratio to the fair full-precision teacher of the same seed.
 //
 //   build/bench/bench_study CONFIG --out DIR [--seeds N] [--rows id,id,...|all] [--set section.key=value]...
-//                           [--report-only]
+//                           [--no-fair] [--report-only]
+//
+// --no-fair: leave out the fair row (and the teacher, when no distill row needs it): for scratch-only sweeps, e.g.
+// a learning-rate sweep with --set train.learning_rate=X --rows scratch,fp_scratch --no-fair (no ratios then).
 //
 // Per seed s (train.seed = config's train.seed + s; data.seed, hence the split, fixed):
 //   teacher        full precision from scratch, run.teacher_max_steps (T) steps
@@ -56,6 +59,7 @@ std::vector<RowSpec> grid() {
       {"scratch", "binary QAT from scratch", "scratch", {}},
       {"ternary", "ternary distilled", "distill", {"quant.weight=ternary"}},
       {"fp_scratch", "fp from scratch (T+D steps)", "scratch", {"quant.weight=none", "quant.activations=none", "quant.input_norm=false"}},
+      {"fp_scratch_norm", "fp from scratch, students' input norms", "scratch", {"quant.weight=none", "quant.activations=none"}},
       {"ce_only", "binary from teacher, CE only", "distill", {"distill.alpha_kd=0"}},
       {"kd_only", "binary distilled, KD only", "distill", {"distill.alpha_ce=0"}},
       {"anchors0", "binary distilled, no anchors", "distill", {"quant.anchor_fraction=0"}},
@@ -111,7 +115,7 @@ static int bench_body(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s CONFIG --out DIR [--seeds N] [--rows id,...|all] [--set section.key=value]... "
-                 "[--report-only]\nrows:",
+                 "[--no-fair] [--report-only]\nrows:",
                  argv[0]);
     for (auto& r : grid()) std::fprintf(stderr, " %s", r.id.c_str());
     std::fprintf(stderr, "\n");
@@ -119,7 +123,7 @@ static int bench_body(int argc, char** argv) {
   }
   std::string config_path = argv[1], out;
   int seeds = 3;
-  bool report_only = false;
+  bool report_only = false, no_fair = false;
   std::string rows_arg = "fair,distill,scratch,ternary";
   std::vector<std::string> sets;
   for (int i = 2; i < argc; ++i) {
@@ -133,13 +137,14 @@ static int bench_body(int argc, char** argv) {
     else if (a == "--rows") rows_arg = next();
     else if (a == "--set") sets.push_back(next());
     else if (a == "--report-only") report_only = true;
+    else if (a == "--no-fair") no_fair = true;
     else throw std::runtime_error("unknown argument " + a);
   }
   if (out.empty()) throw std::runtime_error("--out DIR is required");
   std::vector<RowSpec> rows;
   for (auto& r : grid())
     if (rows_arg == "all" || ("," + rows_arg + ",").find("," + r.id + ",") != std::string::npos) rows.push_back(r);
-  if (std::none_of(rows.begin(), rows.end(), [](auto& r) { return r.kind == "fair"; }))
+  if (!no_fair && std::none_of(rows.begin(), rows.end(), [](auto& r) { return r.kind == "fair"; }))
     rows.insert(rows.begin(), grid().front());  // the ratios need it
 
   pipeline::RunContext ctx;
@@ -209,7 +214,10 @@ static int bench_body(int argc, char** argv) {
     // The teacher of this seed.
     std::string teacher_ckpt;
     int64_t teacher_tokens = 0;
-    if (const auto* r = find_run("teacher", s)) {
+    const bool needs_teacher =
+        std::any_of(rows.begin(), rows.end(), [](auto& r) { return r.kind == "fair" || r.kind == "distill"; });
+    if (!needs_teacher) {
+    } else if (const auto* r = find_run("teacher", s)) {
       teacher_ckpt = (*r)["checkpoint"].get<std::string>();
       teacher_tokens = (*r)["tokens"].get<int64_t>();
     } else {

@@ -61,7 +61,7 @@ fi
 # a fresh environment (CI builds one from nothing on every run, see .ci/run) costs no download after the first.
 PY_SYS="$(command -v python3 || true)"
 [ -n "$PY_SYS" ] || die "python3 not found; install python3"
-PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece protobuf)
+PY_PACKAGES=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.51" tokenizers sentencepiece protobuf xxhash)
 UV_HOME="${BITFORGE_UV_HOME:-$HOME/.cache/bitforge/uv}"
 export UV_CACHE_DIR="${UV_CACHE_DIR:-$HOME/.cache/bitforge/uv-cache}"
 export UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
@@ -81,7 +81,7 @@ fi
 if ! "$VENV/bin/python" - "$TORCH_VERSION" <<'PYCHECK' 2>/dev/null
 import sys
 from importlib.metadata import version
-for pkg in ("numpy", "safetensors", "transformers", "tokenizers", "sentencepiece", "protobuf"):
+for pkg in ("numpy", "safetensors", "transformers", "tokenizers", "sentencepiece", "protobuf", "xxhash"):
     version(pkg)
 sys.exit(0 if version("torch").split("+")[0] == sys.argv[1] else 1)
 PYCHECK

@@ -3,6 +3,7 @@
     import bitforge
     layer = bitforge.BitLinear(4096, 4096, bitforge.QuantConfig(weight="binary", group_size=128))
     bitforge.convert_(hf_model, bitforge.QuantConfig())   # nn.Linear -> BitLinear in attention / MLP, in place
+    bitforge.save_for_bitforge(hf_model, "ckpt", tokenizer)  # a checkpoint `bitforge export --checkpoint ckpt` packs
 
 The ops (torch.ops.bitforge.*) are differentiable (Autograd kernels) and traceable (Meta kernels), so BitLinear
 trains with autograd and under torch.compile. The library is found through $BITFORGE_KERNELS_LIB, else
@@ -35,5 +36,6 @@ torch.ops.load_library(_find_library())
 ops = torch.ops.bitforge
 
 from .nn import BitLinear, QuantConfig, convert_  # noqa: E402
+from .checkpoint import save_for_bitforge  # noqa: E402
 
-__all__ = ["BitLinear", "QuantConfig", "convert_", "ops"]
+__all__ = ["BitLinear", "QuantConfig", "convert_", "save_for_bitforge", "ops"]

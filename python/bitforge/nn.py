@@ -121,7 +121,7 @@ class BitLinear(nn.Module):
 
     @torch.no_grad()
     def select_anchors(self):
-        n = int(round(self.config.anchor_fraction * self.weight.numel()))
+        n = int(math.floor(self.config.anchor_fraction * self.weight.numel() + 0.5))  # C++ llround
         idx = torch.empty(0, dtype=torch.long, device=self.weight.device)
         if n > 0:
             idx = self.weight.detach().abs().flatten().topk(n, sorted=False).indices.sort().values

@@ -30,32 +30,13 @@ BITFORGE = os.path.join(BIN, "bitforge")
 CORPUS = "/usr/share/doc/python3.11/html/_sources"
 WINDOW, STRIDE = 64, 32
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import hf_window_nll  # noqa: E402
+
 
 def sh(args, **kw):
     r = subprocess.run(args, capture_output=True, text=True, **kw)
     return r
-
-
-def hf_window_nll(model, ids, window, stride):
-    """The Hugging Face perplexity guide's loop, summing NLL over scored tokens (fp32 model, double sums)."""
-    ids_t = torch.tensor([ids])
-    n = len(ids)
-    nll, count, prev_end = 0.0, 0, 0
-    for begin in range(0, n, stride):
-        end = min(begin + window, n)
-        trg = end - prev_end
-        inp = ids_t[:, begin:end]
-        with torch.no_grad():
-            logits = model(inp).logits[0].double()
-        first = max(1, (end - begin) - trg)
-        lp = torch.log_softmax(logits[first - 1:end - begin - 1], -1)
-        tgt = inp[0, first:end - begin]
-        nll -= lp.gather(1, tgt.unsqueeze(1)).sum().item()
-        count += len(tgt)
-        prev_end = end
-        if end == n:
-            break
-    return nll / count, count
 
 
 def main():
