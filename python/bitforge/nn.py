@@ -15,6 +15,19 @@ import torch
 from torch import nn
 
 _QUANTIZERS = {"binary": 1, "ternary": 2}
+
+
+@torch.library.custom_op("bitforge_py::round_to_fp16", mutates_args=())
+def round_to_fp16(a: torch.Tensor) -> torch.Tensor:
+    """a rounded to the nearest float16 value, returned as float32 (the scales' export rounding). An opaque op, so
+    that torch.compile keeps the rounding: inductor drops a fused .half().float() round trip by default
+    (torch._inductor.config.emulate_precision_casts), which would train with scales the packed file cannot store."""
+    return a.half().float()
+
+
+@round_to_fp16.register_fake
+def _(a):
+    return torch.empty_like(a)
 _STE = {"identity": 0, "clipped": 1, "approx_sign": 2, "tanh": 3}
 
 
@@ -135,7 +148,7 @@ class BitLinear(nn.Module):
                 self.weight_scale.copy_(self._absmean_scale())
             a = self.weight_scale
         if self.config.fp16_scales:
-            a = a + (a.detach().half().float() - a.detach())
+            a = a + (round_to_fp16(a.detach()) - a.detach())
         return a
 
     def effective_weight(self):

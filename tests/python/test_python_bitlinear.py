@@ -7,7 +7,8 @@
 - the C++ module's configuration defaults are the Python ones (QuantConfig mirrors config/model_config.h);
 - convert_ swaps the 7 projections of every layer of a tiny transformers LlamaForCausalLM (random weights) for
   BitLinear, keeps embeddings / norms / lm_head, and the model trains (loss falls over 20 AdamW steps);
-- torch.compile(model) (dynamo + AOTAutograd on the ops' fake kernels) gives the same training loss as eager.
+- torch.compile(model) (dynamo + AOTAutograd on the ops' fake kernels) gives the same training loss as eager: exactly
+  with the aot_eager backend, to float32 rounding with the default inductor backend (loss and gradients).
 """
 import os
 import sys
@@ -123,7 +124,23 @@ if transformers is not None:
     eager = model(input_ids=ids, labels=ids).loss
     compiled = torch.compile(model, backend="aot_eager")(input_ids=ids, labels=ids).loss
     compiled.backward()
-    check("torch.compile(model): same training loss", torch.allclose(eager, compiled, rtol=1e-6, atol=1e-6),
+    check("torch.compile(model, backend='aot_eager'): same training loss", torch.allclose(eager, compiled, rtol=1e-6,
+                                                                                          atol=1e-6),
           f"{eager.item()} vs {compiled.item()}")
+    # The default backend (inductor: generated C++ around the ops, fused elementwise code): one training step's loss
+    # and gradients against eager. Before the scales' fp16 rounding became an opaque op (nn.round_to_fp16), inductor
+    # dropped the .half().float() round trip and the gradients differed by ~5e-4 (fp16's epsilon) — this caught it.
+    model.zero_grad()
+    eager = model(input_ids=ids, labels=ids).loss
+    eager.backward()
+    g_eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss = torch.compile(model)(input_ids=ids, labels=ids).loss
+    loss.backward()
+    worst = max((p.grad - g).abs().max().item() / max(g.abs().max().item(), 1e-12)
+                for p, g in zip(model.parameters(), g_eager))
+    check("torch.compile(model) (inductor): same loss (rel 1e-6) and gradients (max rel 1e-5) as eager",
+          abs(loss.item() - eager.item()) <= 1e-6 * abs(eager.item()) and worst <= 1e-5,
+          f"loss {eager.item()} vs {loss.item()}, gradients max relative |Δ| {worst:.2e}")
 
 finish()
