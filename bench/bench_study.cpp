@@ -58,6 +58,7 @@ std::vector<RowSpec> grid() {
       {"distill", "binary distilled (config's recipe)", "distill", {}},
       {"scratch", "binary QAT from scratch", "scratch", {}},
       {"ternary", "ternary distilled", "distill", {"quant.weight=ternary"}},
+      {"scratch_absmean", "binary QAT from scratch, absmean scales", "scratch", {"quant.scale_mode=absmean"}},
       {"fp_scratch", "fp from scratch (T+D steps)", "scratch", {"quant.weight=none", "quant.activations=none", "quant.input_norm=false"}},
       {"fp_scratch_norm", "fp from scratch + input norms (T+D steps)", "scratch", {"quant.weight=none", "quant.activations=none", "quant.input_norm=true"}},
       {"ce_only", "binary from teacher, CE only", "distill", {"distill.alpha_kd=0"}},
