@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 
 import torch
 
@@ -112,13 +111,15 @@ def quant_section(model):
     return q
 
 
-def _tokenizer_bytes(tokenizer, model_config):
-    """The bytes of the checkpoint's tokenizer.model for a transformers tokenizer, a directory or a file."""
+def _tokenizer_bytes(tokenizer, model_config, scratch):
+    """The bytes of the checkpoint's tokenizer.model for a transformers tokenizer, a directory or a file. A
+    transformers tokenizer is saved into `scratch` (a directory inside the checkpoint's temporary directory, removed
+    afterwards: nothing is written outside the path the user gave)."""
     tmp = None
     try:
         path = tokenizer
         if hasattr(tokenizer, "save_pretrained"):
-            tmp = tempfile.mkdtemp(prefix="bitforge-tok-")
+            tmp = scratch
             tokenizer.save_pretrained(tmp)
             path = tmp
         path = os.fspath(path)
@@ -200,7 +201,6 @@ def save_for_bitforge(model, directory, tokenizer, step=0):
     files = {
         "model.safetensors": st_save(tensors, metadata={"format": "bitforge.checkpoint", "step": str(step)}),
         "config.yaml": config_yaml.encode("utf-8"),
-        "tokenizer.model": _tokenizer_bytes(tokenizer, getattr(model, "config", None)),
         "trainer_state.json": json.dumps({"step": step, "stage": "python"}, indent=2).encode("utf-8"),
     }
 
@@ -211,6 +211,12 @@ def save_for_bitforge(model, directory, tokenizer, step=0):
     tmp = os.path.join(directory, f"{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        files["tokenizer.model"] = _tokenizer_bytes(tokenizer, getattr(model, "config", None),
+                                                    os.path.join(tmp, "tokenizer.scratch"))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     manifest = {"files": {}, "format": "bitforge.checkpoint", "hash": "xxh3_64", "step": step, "version": 2}
     for fname, data in files.items():
         _write(os.path.join(tmp, fname), data)

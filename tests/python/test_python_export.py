@@ -169,8 +169,10 @@ check("20 fine-tuning steps in Python lower the loss", losses[-1] < losses[0] - 
 
 ckpt_root = os.path.join(WORK, "ckpt")
 ckpt = bitforge.save_for_bitforge(model, ckpt_root, tok, step=20)
-check("save_for_bitforge wrote step-0000020 with its manifest",
-      os.path.basename(ckpt) == "step-0000020" and os.path.isfile(os.path.join(ckpt, "COMPLETE")))
+check("save_for_bitforge wrote step-0000020: the checkpoint's files and nothing else (no tokenizer scratch)",
+      os.path.basename(ckpt) == "step-0000020" and sorted(os.listdir(ckpt)) == [
+          "COMPLETE", "config.yaml", "model.safetensors", "tokenizer.model", "trainer_state.json"],
+      str(sorted(os.listdir(ckpt))))
 ids = tok(eval_text).input_ids
 py_nll, py_count = hf_window_nll(model, ids, WINDOW, STRIDE)
 
