@@ -88,8 +88,7 @@ const char* isa_name(GemvImpl isa);
 std::string cpu_features();
 
 /// How many distinct OS threads a `threads`-way split of the kernels' work really runs on (the same
-/// detail::for_chunks / at::parallel_for path every kernel here uses): min(threads, at::get_num_threads()) when the
-/// library was built with OpenMP as it must be, 1 when at::parallel_for was compiled serial. For diagnostics and the
+/// detail::for_chunks path every kernel here uses, on kernels/thread_pool.h): min(threads, at::get_num_threads()). For diagnostics and the
 /// test that guards the build. threads <= 0 means at::get_num_threads().
 int parallel_threads_used(int threads);
 

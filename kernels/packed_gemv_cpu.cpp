@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -431,9 +433,17 @@ int parallel_threads_used(int threads) {
   const int t = threads <= 0 ? at::get_num_threads() : threads;
   std::mutex mu;
   std::set<std::thread::id> ids;
-  detail::for_chunks(t, t, [&](int64_t, int64_t) {
-    std::lock_guard<std::mutex> lock(mu);
-    ids.insert(std::this_thread::get_id());
+  const int64_t chunks = std::max(std::min(t, at::get_num_threads()), 1);
+  std::atomic<int64_t> arrived{0};
+  detail::for_chunks(chunks, t, [&](int64_t c0, int64_t c1) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ids.insert(std::this_thread::get_id());
+    }
+    // Each chunk waits (up to 200 ms) until every chunk has started, so that one fast thread cannot run them all.
+    arrived.fetch_add(c1 - c0);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (arrived.load() < chunks && std::chrono::steady_clock::now() < until) std::this_thread::yield();
   });
   return static_cast<int>(ids.size());
 }

@@ -10,6 +10,7 @@
 
 #include "kernels/packed_gemv.h"
 #include "kernels/packed_gemv_avx512.h"
+#include "kernels/thread_pool.h"
 
 namespace bitforge::kernels::detail {
 
@@ -61,7 +62,8 @@ inline void add_anchor(float delta, int64_t r, int64_t c, int64_t in, int64_t ou
   }
 }
 
-/// Splits [0, n) into min(threads, n) contiguous chunks run through at::parallel_for (threads <= 0: all).
+/// Splits [0, n) into min(threads, n) contiguous chunks run on the kernels' pool (kernels/thread_pool.h: workers
+/// poll briefly before sleeping, so back-to-back products need no wake-up); threads <= 0: at::get_num_threads().
 template <class F>
 void for_chunks(int64_t n, int threads, const F& f) {
   if (threads <= 0) threads = at::get_num_threads();
@@ -70,9 +72,7 @@ void for_chunks(int64_t n, int threads, const F& f) {
     f(0, n);
     return;
   }
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) f(n * c / chunks, n * (c + 1) / chunks);
-  });
+  run_chunks(chunks, threads, [&](int64_t c) { f(n * c / chunks, n * (c + 1) / chunks); });
 }
 
 }  // namespace bitforge::kernels::detail
