@@ -3,6 +3,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -120,9 +122,20 @@ class Pool {
   bool stop_ = false;  // written under sleep_mu_ before the generation bump that workers read it after
 };
 
+Pool* g_pool = nullptr;
+
+/// A forked child has none of the parent's workers (and perhaps a lock the parent held): it gets a fresh pool, the
+/// parent's is leaked in the child (destroying it would join threads that do not exist there).
+void reset_pool_in_child() { g_pool = new Pool(); }
+
 Pool& pool() {
-  static Pool* p = new Pool();  // never destroyed: workers may outlive static destruction order at exit
-  return *p;
+  static const bool init = [] {
+    g_pool = new Pool();  // never destroyed: workers may outlive static destruction order at exit
+    pthread_atfork(nullptr, nullptr, reset_pool_in_child);
+    return true;
+  }();
+  (void)init;
+  return *g_pool;
 }
 
 }  // namespace

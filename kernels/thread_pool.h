@@ -13,7 +13,8 @@
 // worker, from inside an OpenMP parallel region, or while another thread is using the pool run serially on the
 // calling thread (same results: f(c) must not depend on the thread it runs on). threads <= 0: at::get_num_threads();
 // threads > at::get_num_threads() is capped to it (as at::parallel_for was).
-// Exceptions thrown by f are rethrown in the caller (the first one; the other chunks still run).
+// Exceptions thrown by f are rethrown in the caller (the first one; the other chunks still run). A forked child starts
+// with a fresh pool (pthread_atfork), so fork after use is safe.
 #pragma once
 
 #include <cstdint>

@@ -12,6 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "kernels/thread_pool.h"
 
 using bitforge::kernels::run_chunks;
@@ -111,4 +114,21 @@ TEST(ThreadPool, WorkersSleepWhenIdleAndWakeForTheNextJob) {
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // far beyond kPoolSpinMicros: the worker sleeps
   run_chunks(4, 2, [&](int64_t) { count.fetch_add(1); });
   EXPECT_EQ(count.load(), 8);
+}
+
+TEST(ThreadPool, AForkedChildGetsAWorkingPool) {
+  NumThreads nt(2);
+  std::atomic<int> count{0};
+  run_chunks(4, 2, [&](int64_t) { count.fetch_add(1); });  // the parent's pool has a worker now
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(20);  // a child stuck waiting for workers it does not have dies of SIGALRM: a failure, not a hang
+    std::atomic<int> c{0};
+    run_chunks(16, 2, [&](int64_t) { c.fetch_add(1); });  // would wait forever for the parent's worker
+    _exit(c.load() == 16 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
