@@ -210,6 +210,8 @@ static int bench_body(int argc, char** argv) {
                  total_steps);
   };
 
+  const bool needs_teacher =
+      std::any_of(rows.begin(), rows.end(), [](auto& r) { return r.kind == "fair" || r.kind == "distill"; });
   for (int s = 0; s < seeds && !report_only; ++s) {
     Config base = ctx.config;
     base.train.seed = seed0 + static_cast<uint64_t>(s);
@@ -217,9 +219,8 @@ static int bench_body(int argc, char** argv) {
     // The teacher of this seed.
     std::string teacher_ckpt;
     int64_t teacher_tokens = 0;
-    const bool needs_teacher =
-        std::any_of(rows.begin(), rows.end(), [](auto& r) { return r.kind == "fair" || r.kind == "distill"; });
     if (!needs_teacher) {
+      // scratch rows only (--no-fair): no teacher to train
     } else if (const auto* r = find_run("teacher", s)) {
       teacher_ckpt = (*r)["checkpoint"].get<std::string>();
       teacher_tokens = (*r)["tokens"].get<int64_t>();

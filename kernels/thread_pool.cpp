@@ -10,7 +10,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
-#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -28,7 +27,8 @@ namespace {
 /// One job, on the caller's stack: every worker acknowledges it (finished) before the caller returns, so no worker
 /// touches it afterwards.
 struct Job {
-  const std::function<void(int64_t)>* fn = nullptr;
+  void (*call)(const void*, int64_t) = nullptr;
+  const void* ctx = nullptr;
   int64_t n = 0;
   std::atomic<int64_t> next{0};
   std::atomic<int> finished{0};
@@ -38,7 +38,7 @@ struct Job {
   void work() {
     for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
       try {
-        (*fn)(c);
+        call(ctx, c);
       } catch (...) {
         std::lock_guard<std::mutex> lk(error_mu);
         if (!error) error = std::current_exception();
@@ -140,7 +140,7 @@ Pool& pool() {
 
 }  // namespace
 
-void run_chunks(int64_t n, int threads, const std::function<void(int64_t)>& f) {
+void run_chunks_impl(int64_t n, int threads, void (*call)(const void*, int64_t), const void* ctx) {
   if (n <= 0) return;
   // At most at::get_num_threads() (bitforge's -t sets it), as with at::parallel_for before this pool.
   threads = threads <= 0 ? at::get_num_threads() : std::min(threads, at::get_num_threads());
@@ -150,11 +150,12 @@ void run_chunks(int64_t n, int threads, const std::function<void(int64_t)>& f) {
   Pool& p = pool();
   std::unique_lock<std::mutex> lk(p.run_mu, std::defer_lock);
   if (t <= 1 || n <= 1 || tls_in_worker || at::in_parallel_region() || !lk.try_lock()) {
-    for (int64_t c = 0; c < n; ++c) f(c);
+    for (int64_t c = 0; c < n; ++c) call(ctx, c);
     return;
   }
   Job job;
-  job.fn = &f;
+  job.call = call;
+  job.ctx = ctx;
   job.n = n;
   p.run(job, t - 1);
   if (job.error) std::rethrow_exception(job.error);

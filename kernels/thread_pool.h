@@ -18,14 +18,19 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 
 namespace bitforge::kernels {
 
 /// How long an idle worker polls for the next job before it sleeps (microseconds).
 constexpr int64_t kPoolSpinMicros = 30;
 
-void run_chunks(int64_t n, int threads, const std::function<void(int64_t)>& f);
+/// The untyped entry point: call(ctx, c) for every chunk c (run_chunks below wraps a callable without allocating).
+void run_chunks_impl(int64_t n, int threads, void (*call)(const void* ctx, int64_t chunk), const void* ctx);
+
+template <class F>
+void run_chunks(int64_t n, int threads, const F& f) {
+  run_chunks_impl(n, threads, [](const void* ctx, int64_t c) { (*static_cast<const F*>(ctx))(c); }, &f);
+}
 
 /// Workers currently alive in the pool (diagnostics and tests).
 int pool_workers();

@@ -25,7 +25,7 @@ import torch
 from .nn import BitLinear, _PARTS
 
 _QUANT_KEYS = ("weight", "mean_center", "granularity", "group_size", "scale_mode", "lsq_grad_scale", "fp16_scales",
-               "ste", "ste_clip", "activations", "input_norm", "norm_eps", "anchor_fraction", "layers")
+               "ste", "ste_clip", "activations", "input_norm", "norm_eps", "anchor_fraction")  # + layers: derived
 
 
 def _yaml_scalar(v):

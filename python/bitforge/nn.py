@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 _QUANTIZERS = {"binary": 1, "ternary": 2}
+_STE = {"identity": 0, "clipped": 1, "approx_sign": 2, "tanh": 3}
 
 
 @torch.library.custom_op("bitforge_py::round_to_fp16", mutates_args=())
@@ -28,7 +29,6 @@ def round_to_fp16(a: torch.Tensor) -> torch.Tensor:
 @round_to_fp16.register_fake
 def _(a):
     return torch.empty_like(a)
-_STE = {"identity": 0, "clipped": 1, "approx_sign": 2, "tanh": 3}
 
 
 @dataclass
