@@ -2,7 +2,9 @@
 // 14336×4096 (up/gate) and 4096×14336 (down), binary group-128 (Q1_0's layout) and ternary group-128.
 //
 // Rows, all measured in the same run with the same thread count:
-//   LUT A8 / LUT A16   bitforge's table-lookup kernels on the repacked layout (RepackedMatrix; what the runtime uses)
+//   LUT A8 / LUT A16   bitforge's table-lookup kernels on the repacked layout (RepackedMatrix; what the runtime uses);
+//                      every A8 row includes the per-token int8 quantization of x, as llama.cpp's rows include its
+//                      q8_0 / q8_K conversion
 //   rowwise A8         the row-wise AVX2 kernel on the export layout (packed_gemv_i8; the previous kernel)
 //   llama.cpp          ggml_mul_mat of the same matrix as Q1_0 (binary) / TQ2_0 (ternary) against fp32 x, computed
 //                      by ggml's CPU backend (x quantized to q8_0 / q8_K inside, vec_dot per row, ggml threadpool),
@@ -18,14 +20,18 @@
 //
 // --rounds R (with llama.cpp) adds a summary: bitforge LUT A8 and llama.cpp cold, measured alternately R times per
 // matrix, and the median / min / max of the per-round ratios — steadier than one pair of medians on a machine whose
-// speed drifts.
+// speed drifts. Each round also re-measures the streaming-sum bandwidth (best of 3 passes), and "per round" is the
+// median (and the minimum) of bitforge's GB/s over that round's bandwidth: on a shared host the bandwidth itself
+// moves by ±15 % between minutes, so a share against the one figure taken at the start mixes two moments.
 //
 // --cpu-time times the kernels by the process's CPU time instead of wall time: on a machine shared with other jobs
 // (time-sliced) it removes the time this process was not running; with N threads it sums the threads' times, so use
 // it with --threads 1 only. Idle-machine results are wall time (the default).
 //
+// --shape OUTxIN and --bits 1|1.58 (each repeatable) restrict the run to those shapes / weight formats.
+//
 //   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] [--rounds R]
-//                            [--cpu-time]
+//                            [--cpu-time] [--shape OUTxIN]... [--bits 1|1.58]...
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -149,34 +155,47 @@ uint64_t sum_plain(const uint64_t* p, int64_t n) {
   return s0 + s1 + s2 + s3;
 }
 
-double read_bandwidth_gbs(int64_t mib, int threads) {
-  const int64_t n = mib * 1024 * 1024 / 8;
-  std::unique_ptr<uint64_t[], void (*)(void*)> buf(static_cast<uint64_t*>(std::aligned_alloc(64, n * 8)), std::free);
-  at::parallel_for(0, n, 1 << 16, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) buf[i] = static_cast<uint64_t>(i);
-  });
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    std::vector<uint64_t> part(static_cast<size_t>(threads), 0);
-    const double t0 = now_us();
-    at::parallel_for(0, threads, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t a = (n * c / threads) & ~int64_t(31), b = c + 1 == threads ? n : (n * (c + 1) / threads) & ~int64_t(31);
-#if defined(__x86_64__)
-        part[c] = bk::cpu_has_avx2() ? sum_avx2(buf.get() + a, b - a) : sum_plain(buf.get() + a, b - a);
-#else
-        part[c] = sum_plain(buf.get() + a, b - a);
-#endif
-      }
+/// This machine's read bandwidth: `threads` threads each sum their part of a `mib` MiB buffer (AVX2 when present,
+/// with the kernels' software prefetch); measure() returns the best of `passes` passes in GB/s.
+class ReadBandwidth {
+ public:
+  ReadBandwidth(int64_t mib, int threads)
+      : n_(mib * 1024 * 1024 / 8), threads_(threads),
+        buf_(static_cast<uint64_t*>(std::aligned_alloc(64, n_ * 8)), std::free) {
+    at::parallel_for(0, n_, 1 << 16, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) buf_[i] = static_cast<uint64_t>(i);
     });
-    const double s = (now_us() - t0) * 1e-6;
-    uint64_t total = 0;
-    for (auto v : part) total += v;
-    if (total == 42) std::printf(" ");  // keep the sum alive
-    best = std::max(best, double(n) * 8 / s / 1e9);
   }
-  return best;
-}
+  double measure(int passes) const {
+    double best = 0;
+    for (int rep = 0; rep < passes; ++rep) {
+      std::vector<uint64_t> part(static_cast<size_t>(threads_), 0);
+      const double t0 = now_us();
+      at::parallel_for(0, threads_, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t a = (n_ * c / threads_) & ~int64_t(31),
+                        b = c + 1 == threads_ ? n_ : (n_ * (c + 1) / threads_) & ~int64_t(31);
+#if defined(__x86_64__)
+          part[c] = bk::cpu_has_avx2() ? sum_avx2(buf_.get() + a, b - a) : sum_plain(buf_.get() + a, b - a);
+#else
+          part[c] = sum_plain(buf_.get() + a, b - a);
+#endif
+        }
+      });
+      const double s = (now_us() - t0) * 1e-6;
+      uint64_t total = 0;
+      for (auto v : part) total += v;
+      if (total == 42) std::printf(" ");  // keep the sum alive
+      best = std::max(best, double(n_) * 8 / s / 1e9);
+    }
+    return best;
+  }
+
+ private:
+  int64_t n_;
+  int threads_;
+  std::unique_ptr<uint64_t[], void (*)(void*)> buf_;
+};
 
 #ifdef BITFORGE_WITH_GGML
 /// The same matrix in llama.cpp: `copies` Q1_0/TQ2_0 weight tensors, one graph of `copies` mul_mats against one x.
@@ -250,6 +269,7 @@ int run_bench(int argc, char** argv) {
   bool with_ref = true;
   int64_t bw_mib = 1024, cold_mib = 256;
   int rounds = 0;
+  std::vector<std::string> only_shapes, only_bits;  // --shape OUTxIN / --bits 1|1.58 (repeatable): a subset
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
@@ -259,10 +279,12 @@ int run_bench(int argc, char** argv) {
     else if (a == "--cold-mib" && i + 1 < argc) cold_mib = std::atoll(argv[++i]);
     else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
     else if (a == "--cpu-time") g_cpu_time = true;
+    else if (a == "--shape" && i + 1 < argc) only_shapes.push_back(argv[++i]);
+    else if (a == "--bits" && i + 1 < argc) only_bits.push_back(argv[++i]);
     else {
       std::fprintf(stderr,
                    "usage: %s [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] "
-                   "[--rounds R] [--cpu-time]\n",
+                   "[--rounds R] [--cpu-time] [--shape OUTxIN]... [--bits 1|1.58]...\n",
                    argv[0]);
       return 2;
     }
@@ -290,7 +312,8 @@ int run_bench(int argc, char** argv) {
               "no (configure after scripts/build_llama_cpp.sh to get it)"
 #endif
   );
-  const double bw_sum = read_bandwidth_gbs(bw_mib, threads);
+  const ReadBandwidth stream(bw_mib, threads);
+  const double bw_sum = stream.measure(5);
   double bw_mv = 0;
   {  // MKL's fp32 GEMV streaming a matrix of bw_mib MiB: often the faster reader (it prefetches aggressively)
     const int64_t in = 4096, out = bw_mib * 1048576 / (in * 4);
@@ -321,8 +344,12 @@ int run_bench(int argc, char** argv) {
     bk::quantize_activations_per_token(x.data(), 1, in, 8, q.data(), &s);
     char shape[64];
     std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(out), static_cast<long long>(in));
+    if (!only_shapes.empty() && std::find(only_shapes.begin(), only_shapes.end(), shape) == only_shapes.end()) continue;
     for (auto quant : {bitforge::WeightQuantizer::binary, bitforge::WeightQuantizer::ternary}) {
       const bool binary = quant == bitforge::WeightQuantizer::binary;
+      if (!only_bits.empty() &&
+          std::find(only_bits.begin(), only_bits.end(), binary ? "1" : "1.58") == only_bits.end())
+        continue;
       auto p = make(quant, out, in, 7);
       const double bytes = double(p.v.packed_bytes());
       const int copies = static_cast<int>(std::max<double>(2, std::ceil(cold_mib * 1048576.0 / bytes)));
@@ -342,11 +369,22 @@ int run_bench(int argc, char** argv) {
         double cold, warm, bytes, err;
       };
       std::vector<Row> rows;
-      auto a8_cold = [&] { for (auto& r : R) r->gemv_i8(q.data(), &s, 1, y.data(), threads); };
+      // A8 rows time what a decode step pays per product, as llama.cpp's do (ggml quantizes x inside each mul_mat):
+      // per-token absmax quantization of x to int8, then the GEMV
+      auto quantize_x = [&] { bk::quantize_activations_per_token(x.data(), 1, in, 8, q.data(), &s); };
+      auto a8_cold = [&] {
+        for (auto& r : R) {
+          quantize_x();
+          r->gemv_i8(q.data(), &s, 1, y.data(), threads);
+        }
+      };
       {  // bitforge LUT A8 / A16 on the best path (named), and the AVX2 layout next to it when AVX-512 ran
         const std::string isa = bk::isa_name(R[0]->isa());
         const double a8c = median_us(a8_cold, min_ms, copies);
-        const double a8w = median_us([&] { R[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
+        const double a8w = median_us([&] {
+          quantize_x();
+          R[0]->gemv_i8(q.data(), &s, 1, y.data(), threads);
+        }, min_ms);
         rows.push_back({"LUT A8 " + isa, a8c, a8w, bytes, maxdiff(y.data())});
         const double a16c = median_us([&] { for (auto& r : R) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
         const double a16w = median_us([&] { R[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
@@ -354,8 +392,16 @@ int run_bench(int argc, char** argv) {
         if (R[0]->isa() == bk::GemvImpl::avx512) {
           std::vector<std::unique_ptr<bk::RepackedMatrix>> R2;
           for (int c = 0; c < copies; ++c) R2.push_back(std::make_unique<bk::RepackedMatrix>(p.v, bk::GemvImpl::avx2));
-          const double c8 = median_us([&] { for (auto& r : R2) r->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
-          const double w8 = median_us([&] { R2[0]->gemv_i8(q.data(), &s, 1, y.data(), threads); }, min_ms);
+          const double c8 = median_us([&] {
+            for (auto& r : R2) {
+              quantize_x();
+              r->gemv_i8(q.data(), &s, 1, y.data(), threads);
+            }
+          }, min_ms, copies);
+          const double w8 = median_us([&] {
+            quantize_x();
+            R2[0]->gemv_i8(q.data(), &s, 1, y.data(), threads);
+          }, min_ms);
           rows.push_back({"LUT A8 avx2", c8, w8, bytes, maxdiff(y.data())});
           const double c16 = median_us([&] { for (auto& r : R2) r->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms, copies);
           const double w16 = median_us([&] { R2[0]->gemv_f32(x.data(), 1, y.data(), threads); }, min_ms);
@@ -366,8 +412,16 @@ int run_bench(int argc, char** argv) {
           v.v.codes = v.codes.data();
           v.v.scales = v.scales.data();
         }
-        const double rc = median_us([&] { for (auto& v : views) bk::packed_gemv_i8(v.v, q.data(), &s, 1, y.data(), threads); }, min_ms, copies);
-        const double rw = median_us([&] { bk::packed_gemv_i8(p.v, q.data(), &s, 1, y.data(), threads); }, min_ms);
+        const double rc = median_us([&] {
+          for (auto& v : views) {
+            quantize_x();
+            bk::packed_gemv_i8(v.v, q.data(), &s, 1, y.data(), threads);
+          }
+        }, min_ms, copies);
+        const double rw = median_us([&] {
+          quantize_x();
+          bk::packed_gemv_i8(p.v, q.data(), &s, 1, y.data(), threads);
+        }, min_ms);
         rows.push_back({"rowwise A8", rc, rw, bytes, maxdiff(y.data())});
       }
       double llama_cold = 0;
@@ -399,22 +453,26 @@ int run_bench(int argc, char** argv) {
 #ifdef BITFORGE_WITH_GGML
       if (rounds > 0) {  // the same two cold measurements alternated, so drifts of a noisy machine hit both alike
         GgmlGemv g(p, x, copies, threads);
-        std::vector<double> ratio, ours;
+        std::vector<double> ratio, ours, share;
         for (int r = 0; r < rounds; ++r) {
           const double a = median_us(a8_cold, min_ms, copies);
           const double l = median_us([&] { g.run(); }, min_ms, copies);
+          const double round_bw = std::max(stream.measure(3), 1e-9);  // the bandwidth of this round
           ratio.push_back(l / a);
           ours.push_back(a);
+          share.push_back(bytes / (a * 1e-6) / 1e9 / round_bw);
         }
         std::sort(ratio.begin(), ratio.end());
         std::sort(ours.begin(), ours.end());
+        std::sort(share.begin(), share.end());
         const double gbs = bytes / (ours[ours.size() / 2] * 1e-6) / 1e9;
-        char line[200];
+        char line[240];
         std::snprintf(line, sizeof line,
                       "%-11s %-5s %-12s median %.2fx  min %.2fx  max %.2fx  (%d rounds); bitforge median %.1f us, "
-                      "%.1f GB/s, %.1f%% bw",
+                      "%.1f GB/s, %.1f%% bw; per round %.1f%% (min %.1f%%)",
                       shape, binary ? "1" : "1.58", binary ? "A8 vs Q1_0" : "A8 vs TQ2_0", ratio[ratio.size() / 2],
-                      ratio.front(), ratio.back(), rounds, ours[ours.size() / 2], gbs, 100 * gbs / bw);
+                      ratio.front(), ratio.back(), rounds, ours[ours.size() / 2], gbs, 100 * gbs / bw,
+                      100 * share[share.size() / 2], 100 * share.front());
         round_lines.push_back(line);
       }
 #endif
