@@ -22,7 +22,11 @@
 // matrix, and the median / min / max of the per-round ratios — steadier than one pair of medians on a machine whose
 // speed drifts. Each round also re-measures the streaming-sum bandwidth (best of 3 passes), and "per round" is the
 // median (and the minimum) of bitforge's GB/s over that round's bandwidth: on a shared host the bandwidth itself
-// moves by ±15 % between minutes, so a share against the one figure taken at the start mixes two moments.
+// moves by ±15 % between minutes, so a share against the one figure taken at the start mixes two moments. "the read
+// floor" (median of per-round ratios) is bitforge's time over the time to merely read the same bytes in the same
+// GEMV-at-a-time pattern on the same pool (ReadFloor, AVX2 loads with the kernels' prefetch): 1.00x means the
+// kernel's arithmetic is hidden entirely and only less data or more bandwidth can make it faster (below 1.00x the
+// kernel's own loads out-read that pass, as one AVX2 thread often does not saturate memory).
 //
 // --cpu-time times the kernels by the process's CPU time instead of wall time: on a machine shared with other jobs
 // (time-sliced) it removes the time this process was not running; with N threads it sums the threads' times, so use
@@ -52,6 +56,7 @@
 
 #include "export/ggml_quants.h"
 #include "kernels/packed_gemv.h"
+#include "kernels/thread_pool.h"
 
 #ifdef BITFORGE_WITH_GGML
 #include <ggml-cpu.h>
@@ -262,6 +267,43 @@ struct GgmlGemv {
 
 }  // namespace
 
+/// The floor for one GEMV of `bytes` bytes: `copies` buffers of that size (the weights' allocator, so the same huge-page
+/// hint), each read once per "GEMV" by min(threads, 64) chunks on the kernels' pool — the kernels' memory traffic and
+/// fork/join pattern with no arithmetic. A kernel at this time is limited by memory, not by its instructions.
+class ReadFloor {
+ public:
+  ReadFloor(int64_t bytes, int copies, int threads) : n_((bytes / 256) * 32), threads_(threads) {
+    for (int c = 0; c < copies; ++c) {
+      bufs_.emplace_back(static_cast<size_t>(n_ * 8), 0);
+      for (int64_t i = 0; i < n_ * 8; ++i) bufs_.back()[i] = static_cast<uint8_t>(i * 7 + c);
+    }
+  }
+  /// Reads every buffer once; returns a value that depends on all of them.
+  uint64_t read_all() const {
+    uint64_t total = 0;
+    for (const auto& buf : bufs_) {
+      const auto* b = reinterpret_cast<const uint64_t*>(buf.data());  // 64-byte aligned (the weights' allocator)
+      uint64_t part[64] = {};
+      const int64_t chunks = std::min(64, std::max(threads_, 1));
+      bk::run_chunks(chunks, threads_, [&](int64_t c) {
+        const int64_t lo = (n_ * c / chunks) & ~int64_t(31), hi = c + 1 == chunks ? n_ : (n_ * (c + 1) / chunks) & ~int64_t(31);
+#if defined(__x86_64__)
+        part[c] = bk::cpu_has_avx2() ? sum_avx2(b + lo, hi - lo) : sum_plain(b + lo, hi - lo);
+#else
+        part[c] = sum_plain(b + lo, hi - lo);
+#endif
+      });
+      for (int64_t c = 0; c < chunks; ++c) total += part[c];
+    }
+    return total;
+  }
+
+ private:
+  int64_t n_;
+  int threads_;
+  std::vector<std::vector<uint8_t, bk::detail::WeightAllocator<uint8_t>>> bufs_;
+};
+
 namespace {
 int run_bench(int argc, char** argv) {
   int threads = at::get_num_threads();
@@ -451,28 +493,34 @@ int run_bench(int argc, char** argv) {
         rows.push_back({"reference (1 thr)", ru, ru, bytes, maxdiff(y.data())});
       }
 #ifdef BITFORGE_WITH_GGML
-      if (rounds > 0) {  // the same two cold measurements alternated, so drifts of a noisy machine hit both alike
+      if (rounds > 0) {  // the same cold measurements alternated, so drifts of a noisy machine hit them alike
         GgmlGemv g(p, x, copies, threads);
-        std::vector<double> ratio, ours, share;
+        const ReadFloor floor(static_cast<int64_t>(bytes), copies, threads);
+        std::vector<double> ratio, ours, share, over_floor;
+        uint64_t sink = 0;
         for (int r = 0; r < rounds; ++r) {
           const double a = median_us(a8_cold, min_ms, copies);
           const double l = median_us([&] { g.run(); }, min_ms, copies);
+          const double f = median_us([&] { sink += floor.read_all(); }, min_ms, copies);
           const double round_bw = std::max(stream.measure(3), 1e-9);  // the bandwidth of this round
           ratio.push_back(l / a);
           ours.push_back(a);
           share.push_back(bytes / (a * 1e-6) / 1e9 / round_bw);
+          over_floor.push_back(a / f);
         }
+        if (sink == 42) std::printf(" ");  // keep the reads alive
         std::sort(ratio.begin(), ratio.end());
         std::sort(ours.begin(), ours.end());
         std::sort(share.begin(), share.end());
+        std::sort(over_floor.begin(), over_floor.end());
         const double gbs = bytes / (ours[ours.size() / 2] * 1e-6) / 1e9;
-        char line[240];
+        char line[280];
         std::snprintf(line, sizeof line,
                       "%-11s %-5s %-12s median %.2fx  min %.2fx  max %.2fx  (%d rounds); bitforge median %.1f us, "
-                      "%.1f GB/s, %.1f%% bw; per round %.1f%% (min %.1f%%)",
+                      "%.1f GB/s, %.1f%% bw; per round %.1f%% (min %.1f%%); %.2fx the read floor",
                       shape, binary ? "1" : "1.58", binary ? "A8 vs Q1_0" : "A8 vs TQ2_0", ratio[ratio.size() / 2],
                       ratio.front(), ratio.back(), rounds, ours[ours.size() / 2], gbs, 100 * gbs / bw,
-                      100 * share[share.size() / 2], 100 * share.front());
+                      100 * share[share.size() / 2], 100 * share.front(), over_floor[over_floor.size() / 2]);
         round_lines.push_back(line);
       }
 #endif
