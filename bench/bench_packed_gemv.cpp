@@ -48,6 +48,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -160,6 +161,19 @@ uint64_t sum_plain(const uint64_t* p, int64_t n) {
   return s0 + s1 + s2 + s3;
 }
 
+/// Σ p[0..n) with the fastest reader this CPU has (AVX2 with the kernels' prefetch, else plain).
+uint64_t sum_words(const uint64_t* p, int64_t n) {
+#if defined(__x86_64__)
+  if (bk::cpu_has_avx2()) return sum_avx2(p, n);
+#endif
+  return sum_plain(p, n);
+}
+
+/// [lo, hi) of part c of n words split into `parts`, starts rounded down to 32 words (256 bytes).
+std::pair<int64_t, int64_t> part_range(int64_t n, int64_t c, int64_t parts) {
+  return {(n * c / parts) & ~int64_t(31), c + 1 == parts ? n : (n * (c + 1) / parts) & ~int64_t(31)};
+}
+
 /// This machine's read bandwidth: `threads` threads each sum their part of a `mib` MiB buffer (AVX2 when present,
 /// with the kernels' software prefetch); measure() returns the best of `passes` passes in GB/s.
 class ReadBandwidth {
@@ -178,13 +192,8 @@ class ReadBandwidth {
       const double t0 = now_us();
       at::parallel_for(0, threads_, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
-          const int64_t a = (n_ * c / threads_) & ~int64_t(31),
-                        b = c + 1 == threads_ ? n_ : (n_ * (c + 1) / threads_) & ~int64_t(31);
-#if defined(__x86_64__)
-          part[c] = bk::cpu_has_avx2() ? sum_avx2(buf_.get() + a, b - a) : sum_plain(buf_.get() + a, b - a);
-#else
-          part[c] = sum_plain(buf_.get() + a, b - a);
-#endif
+          const auto [a, b] = part_range(n_, c, threads_);
+          part[c] = sum_words(buf_.get() + a, b - a);
         }
       });
       const double s = (now_us() - t0) * 1e-6;
@@ -265,8 +274,6 @@ struct GgmlGemv {
 };
 #endif
 
-}  // namespace
-
 /// The floor for one GEMV of `bytes` bytes: `copies` buffers of that size (the weights' allocator, so the same huge-page
 /// hint), each read once per "GEMV" by min(threads, 64) chunks on the kernels' pool — the kernels' memory traffic and
 /// fork/join pattern with no arithmetic. A kernel at this time is limited by memory, not by its instructions.
@@ -286,12 +293,8 @@ class ReadFloor {
       uint64_t part[64] = {};
       const int64_t chunks = std::min(64, std::max(threads_, 1));
       bk::run_chunks(chunks, threads_, [&](int64_t c) {
-        const int64_t lo = (n_ * c / chunks) & ~int64_t(31), hi = c + 1 == chunks ? n_ : (n_ * (c + 1) / chunks) & ~int64_t(31);
-#if defined(__x86_64__)
-        part[c] = bk::cpu_has_avx2() ? sum_avx2(b + lo, hi - lo) : sum_plain(b + lo, hi - lo);
-#else
-        part[c] = sum_plain(b + lo, hi - lo);
-#endif
+        const auto [lo, hi] = part_range(n_, c, chunks);
+        part[c] = sum_words(b + lo, hi - lo);
       });
       for (int64_t c = 0; c < chunks; ++c) total += part[c];
     }
@@ -303,6 +306,8 @@ class ReadFloor {
   int threads_;
   std::vector<std::vector<uint8_t, bk::detail::WeightAllocator<uint8_t>>> bufs_;
 };
+
+}  // namespace
 
 namespace {
 int run_bench(int argc, char** argv) {
