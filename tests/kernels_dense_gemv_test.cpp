@@ -76,6 +76,41 @@ TEST(DenseGemv, Bf16AndF32WithinToleranceOfDoubleAllPathsAndThreads) {
   }
 }
 
+// A decode step on a matrix of kDenseStreamBytes or more takes the one-row-per-pass loop: the same bits as the batched
+// (4-row) kernel and every thread count, within tolerance of the exact product.
+TEST(DenseGemv, LargeMatrixDecodeLoopMatchesBatchBitForBit) {
+  if (!bk::cpu_has_avx2()) GTEST_SKIP() << "no AVX2: only the scalar path exists here";
+  const int64_t in = 1000, out = bk::kDenseStreamBytes / (2 * in) + 37;  // bf16 just above the threshold, odd tail
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  std::vector<uint16_t> wb(out * in);
+  for (auto& w : wb) {
+    float v = nd(rng);
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    w = static_cast<uint16_t>(b >> 16);
+  }
+  const int64_t M = 2;
+  std::vector<float> x(M * in), bias(out);
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : bias) v = nd(rng);
+  std::vector<float> batch(M * out);
+  bk::dense_gemv_bf16(wb.data(), out, in, x.data(), M, bias.data(), batch.data(), 1, bk::GemvImpl::avx2);
+  for (int threads : {1, 2, 3}) {
+    std::vector<float> y(out, -7.f);
+    bk::dense_gemv_bf16(wb.data(), out, in, x.data() + in, 1, bias.data(), y.data(), threads, bk::GemvImpl::avx2);
+    ASSERT_EQ(0, std::memcmp(y.data(), batch.data() + out, out * 4)) << "threads " << threads;
+  }
+  for (int64_t r = 0; r < out; r += 97) {
+    double exact = bias[r], mag = std::fabs(bias[r]);
+    for (int64_t c = 0; c < in; ++c) {
+      exact += double(bf16_to_f32(wb[r * in + c])) * x[in + c];
+      mag += std::fabs(double(bf16_to_f32(wb[r * in + c])) * x[in + c]);
+    }
+    ASSERT_NEAR(batch[out + r], exact, 1e-5 * mag + 1e-30) << "row " << r;
+  }
+}
+
 TEST(DenseGemv, RejectsBadArguments) {
   std::vector<float> w(8), x(4), y(2);
   EXPECT_THROW(bk::dense_gemv_f32(w.data(), 0, 4, x.data(), 1, nullptr, y.data()), std::invalid_argument);
