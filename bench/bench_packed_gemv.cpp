@@ -32,7 +32,9 @@
 // (time-sliced) it removes the time this process was not running; with N threads it sums the threads' times, so use
 // it with --threads 1 only. Idle-machine results are wall time (the default).
 //
-// --shape OUTxIN and --bits 1|1.58 (each repeatable) restrict the run to those shapes / weight formats.
+// --shape OUTxIN and --bits 1|1.58 (each repeatable) restrict the run to those shapes / weight formats; without them
+// the run ends with the dense bf16 LM head of a small distilled model (151,936 × 1,024, kernels/dense_gemv.h) against
+// its read floor (--shape 151936x1024: that alone).
 //
 //   usage: bench_packed_gemv [--threads N] [--min-ms MS] [--cold-mib MIB] [--bw-mib MIB] [--no-reference] [--rounds R]
 //                            [--cpu-time] [--shape OUTxIN]... [--bits 1|1.58]...
@@ -56,6 +58,7 @@
 #endif
 
 #include "export/ggml_quants.h"
+#include "kernels/dense_gemv.h"
 #include "kernels/packed_gemv.h"
 #include "kernels/thread_pool.h"
 
@@ -542,6 +545,33 @@ int run_bench(int argc, char** argv) {
   if (!round_lines.empty()) {
     std::printf("\nbitforge LUT A8 vs llama.cpp, DRAM-cold, alternated rounds (llama.cpp time / bitforge time per round):\n");
     for (const auto& l : round_lines) std::printf("%s\n", l.c_str());
+  }
+  if ((only_shapes.empty() && only_bits.empty()) ||
+      std::find(only_shapes.begin(), only_shapes.end(), "151936x1024") != only_shapes.end()) {
+    // The dense bf16 LM head a distilled small model keeps (Qwen3-0.6B: 151,936 × 1,024; too large for any cache),
+    // one decode step, against a plain read of the same bytes in the same fork/join pattern.
+    const int64_t out = 151936, in = 1024;
+    std::vector<uint16_t> W(static_cast<size_t>(out * in));
+    std::mt19937 rng(5);
+    for (auto& w : W) w = static_cast<uint16_t>(0x3c00 + rng() % 512);  // bf16 values in [1, 4)
+    std::vector<float> x(in, 0.01f), y(out);
+    const ReadFloor floor(out * in * 2, 1, threads);
+    uint64_t sink = 0;
+    std::vector<double> ratio, ours;
+    for (int r = 0; r < std::max(rounds, 3); ++r) {
+      const double a = median_us([&] { bk::dense_gemv_bf16(W.data(), out, in, x.data(), 1, nullptr, y.data(), threads); },
+                                 min_ms);
+      const double f = median_us([&] { sink += floor.read_all(); }, min_ms);
+      ours.push_back(a);
+      ratio.push_back(a / f);
+    }
+    if (sink == 42) std::printf(" ");
+    std::sort(ours.begin(), ours.end());
+    std::sort(ratio.begin(), ratio.end());
+    const double a = ours[ours.size() / 2];
+    std::printf("\ndense bf16 LM head 151936x1024 (decode, M = 1): median %.0f us, %.1f GB/s, %.2fx the read floor (%zu "
+                "rounds)\n",
+                a, out * in * 2 / (a * 1e-6) / 1e9, ratio[ratio.size() / 2], ours.size());
   }
   std::printf("\nvs llama = llama.cpp cold time / this row's cold time (> 1: faster than llama.cpp).\n"
               "max|dy| = largest |y − exact| over the rows (exact: double-precision product with fp32 x; A8 rows and\n"
