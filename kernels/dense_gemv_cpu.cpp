@@ -155,9 +155,10 @@ void gemv(const T* W, int64_t out, int64_t in, const float* x, int64_t M, const 
   const int64_t tile = std::max<int64_t>(8, (int64_t(32) << 10) / (in * int64_t(sizeof(T))));
   // One row of x against a matrix larger than L2 (a decode step's LM head or tied embedding): one weight row at a
   // time, so the weights stream from DRAM in address order. Four interleaved short rows (2 KB at in = 1024 bf16)
-  // defeat the hardware prefetcher: measured 6.5 → 18.2 GB/s at 151,936 × 1,024 bf16 (a Qwen3-0.6B head), 1 thread,
-  // against a 16.8 GB/s plain read. Smaller, cache-resident matrices keep 4 rows per pass (8 FMA chains). Same bits
-  // either way (rows_avx2: the arithmetic per row does not depend on RB).
+  // defeat the hardware prefetcher (at 151,936 × 1,024 bf16, a Qwen3-0.6B head, 1 thread: 6.5 GB/s with 4 rows,
+  // 18.2 with one, against a 16.8 GB/s plain read — measured once with a harness when this was changed; the one-row
+  // figure is `bench_packed_gemv --shape 151936x1024`). Smaller, cache-resident matrices keep 4 rows per pass (8 FMA
+  // chains). Same bits either way (rows_avx2: the arithmetic per row does not depend on RB).
   const bool stream_rows = M == 1 && out * in * int64_t(sizeof(T)) >= kDenseStreamBytes;
   detail::for_chunks(out, threads, [&](int64_t r0, int64_t r1) {
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
